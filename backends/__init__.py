@@ -1,0 +1,41 @@
+"""Backends: the seam between ttc and a model (in-process transformers, OpenAI-compatible HTTP, scripted)."""
+
+from .base import Backend
+from .errors import BackendError, BadInputError, CheckpointError, EndpointError, RunFailure, TTCError
+from .scripted import ScriptedBackend
+from .types import Completion, FinishReason, Generation, ModelInfo, SamplingParams, Usage
+
+
+def __getattr__(name: str):
+    # Heavy imports (torch, openai) load only when a backend is actually asked for.
+    if name in ("TransformersBackend", "TokenStream", "checkpoint_digest"):
+        from . import transformers_backend
+
+        return getattr(transformers_backend, name)
+    if name == "OpenAIBackend":
+        from .openai_backend import OpenAIBackend
+
+        return OpenAIBackend
+    raise AttributeError(f"module 'backends' has no attribute {name!r}")
+
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "BadInputError",
+    "CheckpointError",
+    "Completion",
+    "EndpointError",
+    "FinishReason",
+    "Generation",
+    "ModelInfo",
+    "OpenAIBackend",
+    "RunFailure",
+    "SamplingParams",
+    "ScriptedBackend",
+    "TTCError",
+    "TokenStream",
+    "TransformersBackend",
+    "Usage",
+    "checkpoint_digest",
+]

@@ -1,0 +1,60 @@
+"""The backend protocol: the one seam between ttc and a model.
+
+Like an httpx transport, a backend is small: it turns prompts plus sampling parameters
+into completions with exact token counts. Everything above (budgets, strategies,
+tracing) is written against this protocol, so a scripted backend can stand in for a
+model in unit tests of control flow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Protocol, runtime_checkable
+
+from .types import Generation, ModelInfo, SamplingParams
+
+__all__ = ["Backend"]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What every backend implements.
+
+    Attributes:
+        name: The model name recorded in traces (``gen_ai.request.model``).
+    """
+
+    name: str
+
+    @property
+    def info(self) -> ModelInfo:
+        """The model's shape and checkpoint digest, for cost accounting."""
+        ...
+
+    def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[Generation]:
+        """Sample ``params.n`` completions for each prompt.
+
+        Args:
+            prompts: Raw prompt strings (no chat template is applied here).
+            params: Sampling parameters shared by all prompts.
+
+        Returns:
+            One Generation per prompt, in order, each with ``params.n`` completions and
+            usage billed by the accounting rule (each prompt prefilled once).
+
+        Raises:
+            BackendError: The model could not be reached or failed.
+        """
+        ...
+
+    def stream(self, prompt: str, params: SamplingParams) -> Iterator[str]:
+        """Yield text chunks of one completion (``params.n`` must be 1) as they decode."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Prompt tokens ``text`` costs on this backend (for budget reservations)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections or memory. Safe to call twice."""
+        ...

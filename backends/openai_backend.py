@@ -1,0 +1,513 @@
+"""A backend for any OpenAI-compatible server: vLLM, SGLang, llama.cpp, Ollama, ``ttc serve``.
+
+Token counts come from the server's ``usage``, because budgets settle in exact tokens.
+Transient failures are retried with jittered backoff (see ``_retry``); rejected requests
+are not. The injectable ``httpx`` client is also the tests' seam (``httpx.MockTransport``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from itertools import chain
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+import httpx
+import openai
+
+from ._retry import RetryPolicy, StreamCut, call_with_retries, describe, one_line
+from .errors import BackendError, BadInputError
+from .types import Completion, Generation, ModelInfo, SamplingParams, Usage
+
+__all__ = ["OpenAIBackend", "OpenAIStream"]
+
+Mode = Literal["completions", "chat"]
+Choice = tuple[str, str | None, list[float] | None]  # text, server finish reason, logprobs
+
+# Byte-level tokenizers never need more tokens than UTF-8 bytes, but a server may add
+# special tokens (BOS, a SentencePiece dummy-prefix piece) and, in chat mode, a whole chat
+# template around the text. These allowances keep the fallback count an upper bound.
+_SPECIAL_TOKEN_ALLOWANCE = 4
+_CHAT_TEMPLATE_ALLOWANCE = 64
+
+
+class OpenAIBackend:
+    """Talk to a model behind an OpenAI-compatible HTTP API.
+
+    Args:
+        base_url: API root including the version prefix, e.g. ``http://localhost:8000/v1``.
+        model: Model name the server knows; also this backend's ``name``.
+        api_key: Bearer token; defaults to ``$OPENAI_API_KEY``, else ``"EMPTY"`` (vLLM
+            accepts any key unless started with ``--api-key``).
+        mode: ``"completions"`` sends raw prompts to ``/completions``; ``"chat"`` sends
+            each prompt as one user message to ``/chat/completions`` (the server applies
+            its chat template).
+        timeout: Seconds per HTTP attempt.
+        max_retries: Retries after the first attempt on 429, 5xx, connection errors and
+            timeouts.
+        backoff_initial: First backoff wait in seconds; waits double up to ``backoff_max``.
+        backoff_max: Longest single wait, a server's Retry-After included.
+        info: The model's shape for FLOPs accounting; ``ModelInfo(name=model)`` if unknown.
+        tokenizer: Hugging Face tokenizer name or path (or a loaded tokenizer) of the
+            served model: makes ``count_tokens`` exact and counts usage a server omits.
+        http_client: An ``httpx.Client`` to send requests through (proxies, tests).
+        sleep: Called with each backoff wait; tests pass a recorder.
+
+    Attributes:
+        last_usage: Bill of the latest ``stream``, set when it ends (per instance, so
+            not meaningful across threads; prefer the stream's own ``usage``).
+        last_generation: The latest stream as a Generation, once finished or closed.
+
+    Raises:
+        BadInputError: A malformed base_url, unknown mode or unloadable tokenizer.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        mode: Mode = "completions",
+        timeout: float = 60.0,
+        max_retries: int = 5,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 20.0,
+        info: ModelInfo | None = None,
+        tokenizer: Any = None,
+        http_client: httpx.Client | None = None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        parsed = urlparse(base_url)
+        # Checked here because httpx reports a missing scheme as a connection error,
+        # which the retry loop would then dutifully repeat.
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise BadInputError(f"base_url must look like http://HOST:PORT/v1, got {base_url!r}")
+        if mode not in ("completions", "chat"):
+            raise BadInputError(f"mode must be 'completions' or 'chat', got {mode!r}")
+        if max_retries < 0 or backoff_initial < 0 or backoff_max < backoff_initial:
+            raise BadInputError(
+                "need max_retries >= 0 and 0 <= backoff_initial <= backoff_max, got "
+                f"{max_retries}, {backoff_initial}, {backoff_max}"
+            )
+        self.base_url = base_url.rstrip("/")
+        self.model = self.name = model
+        self.mode: Mode = mode
+        self.timeout = timeout
+        self._info = info if info is not None else ModelInfo(name=model)
+        self._tokenizer = _load_tokenizer(tokenizer)
+        self._policy = RetryPolicy(self.base_url, max_retries, backoff_initial, backoff_max, sleep)
+        self._client = openai.OpenAI(
+            base_url=self.base_url,
+            api_key=api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
+            timeout=timeout,
+            max_retries=0,  # ours is the only retry loop, so attempts are counted once
+            http_client=http_client,
+        )
+        self._closed = False
+        self.last_usage: Usage | None = None
+        self.last_generation: Generation | None = None
+
+    @property
+    def info(self) -> ModelInfo:
+        """The model's shape as given at construction (a remote server does not say)."""
+        return self._info
+
+    def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[Generation]:
+        """Sample ``params.n`` completions per prompt, one request per prompt.
+
+        Raises:
+            EndpointError: The server stayed unreachable or overloaded through all retries.
+            BackendError: The server rejected a request or reported no usage.
+        """
+        if isinstance(prompts, str):
+            raise BadInputError("generate takes a list of prompts, got one string")
+        if self.mode == "chat":
+            return [self.chat([{"role": "user", "content": p}], params) for p in prompts]
+        return [self._complete(p, params) for p in prompts]
+
+    def chat(self, messages: list[dict], params: SamplingParams) -> Generation:
+        """Sample ``params.n`` replies to a conversation of ``{"role", "content"}`` dicts.
+
+        Works in either mode: it always posts to ``/chat/completions``.
+        """
+        self._check_open()
+        kwargs = self._sampling_kwargs(params, chat=True)
+        create = self._client.chat.completions.create
+        start = time.perf_counter()
+        resp = call_with_retries(lambda: create(messages=messages, **kwargs), self._policy)
+        latency = time.perf_counter() - start
+
+        def parse(c: Any) -> Choice:
+            lps = c.logprobs.content if c.logprobs is not None else None
+            lps = None if lps is None else [t.logprob for t in lps]
+            return c.message.content or "", c.finish_reason, lps
+
+        choices, usage = self._parse(resp, parse)
+        return self._build(choices, usage, params, latency, lambda: self._count_chat(messages))
+
+    def stream(self, prompt: str, params: SamplingParams) -> OpenAIStream:
+        """Stream one completion as text chunks; see OpenAIStream for how it is billed.
+
+        Nothing is sent until the first ``next()``. A failure before the first chunk is
+        retried like any request; a stream cut after chunks were yielded raises
+        BackendError instead of passing off a truncated completion as finished.
+
+        Raises:
+            BadInputError: ``params.n`` is not 1 (at the call, not at the first next()).
+        """
+        if params.n != 1:
+            raise BadInputError(f"stream needs n=1, got n={params.n}")
+        self._check_open()
+        self.last_usage = self.last_generation = None
+        return OpenAIStream(self, prompt, params)
+
+    def count_tokens(self, text: str) -> int:
+        """Prompt tokens ``text`` costs: exact with a tokenizer, else an upper bound.
+
+        Without a tokenizer this is the UTF-8 byte length plus an allowance for special
+        tokens (in chat mode, for the chat template): never fewer than the server will
+        bill, because budgets reserve the worst case before a call.
+        """
+        if self._tokenizer is not None:
+            if self.mode == "chat":
+                return self._count_chat([{"role": "user", "content": text}])
+            return len(self._tokenizer.encode(text))
+        allowance = _CHAT_TEMPLATE_ALLOWANCE if self.mode == "chat" else _SPECIAL_TOKEN_ALLOWANCE
+        return len(text.encode("utf-8")) + allowance
+
+    def close(self) -> None:
+        """Close the HTTP client (including one passed in). Safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            self._client.close()
+
+    def __enter__(self) -> OpenAIBackend:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"OpenAIBackend({self.base_url!r}, model={self.model!r}, mode={self.mode!r})"
+
+    # -- requests and accounting ------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendError(f"{self.base_url}: backend is closed")
+
+    def _sampling_kwargs(self, params: SamplingParams, chat: bool) -> dict[str, Any]:
+        kwargs: dict[str, Any] = dict(
+            model=self.model, n=params.n, max_tokens=params.max_tokens,
+            temperature=params.temperature, top_p=params.top_p,
+        )
+        if params.stop:
+            kwargs["stop"] = list(params.stop)
+        if params.seed is not None:
+            kwargs["seed"] = params.seed
+        if params.logprobs:
+            # The sampled token's own logprob: chat takes a flag, completions the number
+            # of alternatives, and 1 is the smallest every server honours.
+            kwargs["logprobs"] = True if chat else 1
+        if params.ignore_eos:
+            # A vLLM/SGLang extension, sent only when asked so that stricter servers work.
+            kwargs["extra_body"] = {"ignore_eos": True}
+        return kwargs
+
+    def _complete(self, prompt: str, params: SamplingParams) -> Generation:
+        self._check_open()
+        kwargs = self._sampling_kwargs(params, chat=False)
+        create = self._client.completions.create
+        start = time.perf_counter()
+        resp = call_with_retries(lambda: create(prompt=prompt, **kwargs), self._policy)
+        latency = time.perf_counter() - start
+
+        def parse(c: Any) -> Choice:
+            lps = c.logprobs.token_logprobs if c.logprobs is not None else None
+            # Only an echoed prompt's first token lacks a logprob; count it as certain.
+            lps = None if lps is None else [0.0 if x is None else float(x) for x in lps]
+            return c.text or "", c.finish_reason, lps
+
+        choices, usage = self._parse(resp, parse)
+        return self._build(choices, usage, params, latency, lambda: self.count_tokens(prompt))
+
+    def _parse(
+        self, resp: Any, parse: Callable[[Any], Choice]
+    ) -> tuple[list[Choice], tuple[int, int] | None]:
+        """Choices in index order, and (prompt, completion) tokens if the server said."""
+        try:
+            choices = [parse(c) for c in sorted(resp.choices, key=lambda c: c.index)]
+            usage = _usage_pair(resp.usage)
+        except (AttributeError, TypeError, ValueError) as exc:
+            # The openai client hands back a plain string when a proxy answers with HTML.
+            raise BackendError(
+                f"{self.base_url}: unexpected response ({type(exc).__name__}): "
+                f"{one_line(repr(resp), 120)}"
+            ) from exc
+        if not choices:
+            raise BackendError(f"{self.base_url}: the server returned no choices")
+        return choices, usage
+
+    def _build(
+        self,
+        choices: list[Choice],
+        usage: tuple[int, int] | None,
+        params: SamplingParams,
+        latency: float,
+        count_prompt: Callable[[], int],
+    ) -> Generation:
+        """A Generation billed by the server's usage, or by the tokenizer if it gave none."""
+        if usage is not None:
+            prompt_tokens, total = usage
+        elif self._tokenizer is not None:
+            # The tokenizer's count of the returned text is the best figure left (an
+            # end-of-sequence token the server sampled but did not return is not in it).
+            prompt_tokens = count_prompt()
+            total = sum(self._count_text(text) for text, _, _ in choices)
+        else:
+            raise BackendError(
+                f"{self.base_url}: the server reported no token usage; pass tokenizer= "
+                "so ttc can count tokens (budgets need exact counts)"
+            )
+        finishes = [_finish(reason) for _, reason, _ in choices]
+        counts = self._split(total, choices, finishes, params.max_tokens)
+        return Generation(
+            model=self.model,
+            prompt_tokens=prompt_tokens,
+            completions=[
+                Completion(text=text, completion_tokens=k, finish_reason=f, logprobs=lps)
+                for (text, _, lps), f, k in zip(choices, finishes, counts)
+            ],
+            # Servers report the prompt once per request even for n > 1: exactly the
+            # budget's rule that a shared prefix counts once.
+            usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=total, calls=1),
+            latency_s=latency,
+        )
+
+    def _split(
+        self, total: int, choices: list[Choice], finishes: list[str], max_tokens: int
+    ) -> list[int]:
+        """Per-choice token counts that add up to the server's completion total.
+
+        Usage has one total for all n choices. Per-choice logprobs give exact lengths.
+        Otherwise a choice cut by ``length`` has ``max_tokens`` tokens, and the rest of
+        the total is shared among the others in proportion to their tokenizer counts, or
+        failing that their byte lengths: an estimate per choice, but the sum is exactly
+        what the server billed, which is what budgets settle on.
+        """
+        if len(choices) == 1:
+            return [total]
+        if all(lps is not None for _, _, lps in choices):
+            return _apportion(total, [len(lps) for _, _, lps in choices])
+        count = self._count_text if self._tokenizer is not None else _utf8_len
+        weights = [count(text) for text, _, _ in choices]
+        free = [i for i, f in enumerate(finishes) if f != "length"]
+        rest = total - (len(choices) - len(free)) * max_tokens
+        if len(free) == len(choices) or rest < 0 or (not free and rest != 0):
+            return _apportion(total, weights)
+        counts = [max_tokens] * len(choices)
+        for i, k in zip(free, _apportion(rest, [weights[i] for i in free])):
+            counts[i] = k
+        return counts
+
+    def _count_text(self, text: str) -> int:
+        return len(self._tokenizer.encode(text, add_special_tokens=False))
+
+    def _count_chat(self, messages: list[dict]) -> int:
+        """Prompt tokens of a chat, through the tokenizer's chat template if it has one."""
+        tok = self._tokenizer
+        if getattr(tok, "chat_template", None):
+            ids = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+            if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
+                ids = ids["input_ids"]
+            return len(ids)
+        return sum(len(tok.encode(str(m.get("content", "")))) for m in messages)
+
+    def _open_stream(self, prompt: str, params: SamplingParams) -> tuple[Any, Any, list[Any]]:
+        """Start a stream and read ahead to its first text chunk.
+
+        Until that chunk nothing has reached the caller, so any failure up to here can be
+        retried like an ordinary request.
+        """
+        # Logprobs are not collected from streams; asking would only bloat every chunk.
+        kwargs = self._sampling_kwargs(params.model_copy(update={"logprobs": False}),
+                                       chat=self.mode == "chat")
+        kwargs.update(stream=True, stream_options={"include_usage": True})
+        if self.mode == "chat":
+            messages = [{"role": "user", "content": prompt}]
+            stream = self._client.chat.completions.create(messages=messages, **kwargs)
+        else:
+            stream = self._client.completions.create(prompt=prompt, **kwargs)
+        head: list[Any] = []
+        try:
+            it = iter(stream)
+            for chunk in it:
+                head.append(chunk)
+                if _chunk_text(chunk, self.mode):
+                    return stream, it, head
+        except BaseException:
+            stream.close()
+            raise
+        if not any(_chunk_finish(c) for c in head):
+            raise StreamCut("stream ended before any text and without a finish reason")
+        return stream, it, head
+
+
+class OpenAIStream:
+    """Iterator of the text chunks of one streamed completion, billed when it ends.
+
+    Like the transformers backend's TokenStream: ``generation`` is set once the stream
+    finishes, or when a consumer (TrimR) stops early with ``close()``, which bills what
+    was received so far with finish reason ``"stop"``. ``usage`` is set whenever tokens
+    were spent, a stream cut by the network included.
+
+    An early stop or a cut gets no final usage from the server, so it is billed by the
+    last per-chunk usage if the server sent one, else by the tokenizer's count of the
+    text received, else by the number of chunks received (vLLM and llama.cpp send one
+    token per chunk by default).
+    """
+
+    def __init__(self, backend: OpenAIBackend, prompt: str, params: SamplingParams):
+        self._backend, self._prompt, self._params = backend, prompt, params
+        self._pieces: list[str] = []
+        self._finish: str | None = None
+        self._usage: Any = None
+        self._opened = False
+        self._start = 0.0
+        self._chunks = self._run()
+        self.generation: Generation | None = None
+        self.usage: Usage | None = None
+
+    def __iter__(self) -> OpenAIStream:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        """Stop reading (the server then aborts the request) and bill what arrived."""
+        if self.usage is None:
+            self._chunks.close()
+            if self._opened and self.usage is None:
+                self._settle(self._finish or "stop", exact=False)
+
+    def __enter__(self) -> OpenAIStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _run(self) -> Iterator[str]:
+        b = self._backend
+        self._start = time.perf_counter()
+        stream, it, head = call_with_retries(
+            lambda: b._open_stream(self._prompt, self._params), b._policy
+        )
+        self._opened = True
+        try:
+            for chunk in chain(head, it):
+                self._finish = _chunk_finish(chunk) or self._finish
+                self._usage = getattr(chunk, "usage", None) or self._usage
+                text = _chunk_text(chunk, b.mode)
+                if text:
+                    self._pieces.append(text)
+                    yield text
+        except (openai.OpenAIError, ValueError) as exc:  # ValueError: a garbled event
+            if self._finish is not None:
+                # Lost only the usage chunk after a finished completion: the text is
+                # whole, so settle with the fallback bill rather than fail the call.
+                self._settle(self._finish, exact=False)
+                return
+            self._bill(exact=False)
+            raise BackendError(
+                f"{b.base_url}: stream was cut after {len(self._pieces)} chunks: {describe(exc)}"
+            ) from exc
+        finally:
+            stream.close()
+        if self._finish is None:
+            self._bill(exact=False)
+            raise BackendError(
+                f"{b.base_url}: stream was cut after {len(self._pieces)} chunks "
+                "(it ended without a finish reason)"
+            )
+        self._settle(self._finish, exact=True)
+
+    def _bill(self, exact: bool) -> Generation:
+        b = self._backend
+        usage = _usage_pair(self._usage)
+        if usage is None and not exact and b._tokenizer is None:
+            usage = (b.count_tokens(self._prompt), len(self._pieces))  # one token per chunk
+        gen = b._build(
+            [("".join(self._pieces), self._finish, None)], usage, self._params,
+            time.perf_counter() - self._start, lambda: b.count_tokens(self._prompt),
+        )
+        self.usage = b.last_usage = gen.usage
+        return gen
+
+    def _settle(self, finish: str, exact: bool) -> None:
+        self._finish = finish
+        self.generation = self._backend.last_generation = self._bill(exact)
+
+
+def _finish(reason: str | None) -> str:
+    """Map a server's finish reason onto ttc's two: only ``length`` means cut short."""
+    return "length" if reason == "length" else "stop"
+
+
+def _usage_pair(usage: Any) -> tuple[int, int] | None:
+    if usage is None or usage.completion_tokens is None:
+        return None
+    return int(usage.prompt_tokens or 0), int(usage.completion_tokens)
+
+
+def _chunk_text(chunk: Any, mode: str) -> str:
+    if not chunk.choices:
+        return ""
+    choice = chunk.choices[0]
+    if mode == "chat":
+        return (choice.delta.content if choice.delta is not None else None) or ""
+    return choice.text or ""
+
+
+def _chunk_finish(chunk: Any) -> str | None:
+    return chunk.choices[0].finish_reason if chunk.choices else None
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+def _apportion(total: int, weights: list[int]) -> list[int]:
+    """Split ``total`` into integers proportional to ``weights`` that sum to it exactly.
+
+    Largest-remainder rounding; equal shares when every weight is zero.
+    """
+    if not weights:
+        return []
+    if sum(weights) <= 0:
+        weights = [1] * len(weights)
+    whole = sum(weights)
+    shares = [total * w // whole for w in weights]
+    by_remainder = sorted(range(len(weights)), key=lambda i: -(total * weights[i] % whole))
+    for i in by_remainder[: total - sum(shares)]:
+        shares[i] += 1
+    return shares
+
+
+def _load_tokenizer(tokenizer: Any) -> Any:
+    if tokenizer is None or not isinstance(tokenizer, (str, os.PathLike)):
+        return tokenizer
+    path = os.fspath(tokenizer)
+    # A hub id also contains "/", so only what is plainly a path is checked up front.
+    if path.startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(path)):
+        raise BadInputError(f"tokenizer directory {path!r} does not exist")
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(os.path.expanduser(path))
+    except Exception as exc:  # OSError, ValueError, HFValidationError, ...
+        message = f"cannot load tokenizer {path!r}: {one_line(exc, 200)}"
+        raise BadInputError(message) from exc

@@ -1,0 +1,74 @@
+"""A deterministic backend for unit tests of control flow (never for benchmarks).
+
+Like httpx's MockTransport, it takes a handler: a function from (prompt, sample index,
+params) to the completion text. Tokens are counted as whitespace-free characters would
+be by a character tokenizer: one token per character, so budgets are easy to reason
+about in tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+from .types import Completion, Generation, ModelInfo, SamplingParams, Usage
+
+__all__ = ["ScriptedBackend"]
+
+Handler = Callable[[str, int, SamplingParams], str]
+
+
+class ScriptedBackend:
+    """Returns scripted completions with exact character-level token counts.
+
+    Args:
+        handler: ``(prompt, sample_index, params) -> text``; or a list of texts served
+            in order, cycling, whatever the prompt.
+        name: Model name recorded in traces.
+        info: Cost facts to report (default: a 1M-parameter, 4-layer shape).
+    """
+
+    def __init__(self, handler: Handler | Sequence[str], *, name: str = "scripted", info: ModelInfo | None = None):
+        if callable(handler):
+            self._handler = handler
+        else:
+            texts = list(handler)
+            counter = iter(range(10**12))
+            self._handler = lambda prompt, i, params: texts[next(counter) % len(texts)]
+        self.name = name
+        self._info = info or ModelInfo(
+            name=name, parameters=1_000_000, non_embedding_parameters=950_000, layers=4, hidden_size=128,
+            intermediate_size=512, attention_heads=4, kv_heads=4, head_dim=32, vocab_size=100, max_context=4096,
+        )
+        self.calls: list[tuple[list[str], SamplingParams]] = []
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    def count_tokens(self, text: str) -> int:
+        return len(text)
+
+    def _complete(self, prompt: str, i: int, params: SamplingParams) -> Completion:
+        text = self._handler(prompt, i, params)
+        finish = "stop"
+        for s in params.stop:
+            if s in text:
+                text = text[: text.index(s)]
+        if len(text) > params.max_tokens:
+            text, finish = text[: params.max_tokens], "length"
+        return Completion(text=text, completion_tokens=len(text), finish_reason=finish)
+
+    def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[Generation]:
+        self.calls.append((list(prompts), params))
+        out = []
+        for p in prompts:
+            comps = [self._complete(p, i, params) for i in range(params.n)]
+            usage = Usage(prompt_tokens=len(p), completion_tokens=sum(c.completion_tokens for c in comps), calls=1)
+            out.append(Generation(model=self.name, prompt_tokens=len(p), completions=comps, usage=usage))
+        return out
+
+    def stream(self, prompt: str, params: SamplingParams) -> Iterator[str]:
+        yield from self.generate([prompt], params.model_copy(update={"n": 1}))[0].completions[0].text
+
+    def close(self) -> None:
+        pass

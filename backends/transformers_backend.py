@@ -1,0 +1,388 @@
+"""In-process backend over any local Hugging Face causal-LM checkpoint (CPU or GPU).
+
+Why a hand-written decode loop instead of ``model.generate``: budgets need the exact
+number of tokens each sample spent, stop strings must end one sample without ending
+the batch, and the N samples of one prompt must share a single prefill. The loop
+prefills each prompt once, copies its KV cache N times (``batch_repeat_interleave``)
+and decodes all samples of all prompts as one batch, dropping rows as they finish.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from .errors import BadInputError, CheckpointError
+from .types import Completion, Generation, ModelInfo, SamplingParams, Usage
+
+__all__ = ["TransformersBackend", "TokenStream", "checkpoint_digest"]
+
+# Rows decoded together at most; more prompts x samples are processed in chunks.
+MAX_BATCH_ROWS = 256
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    """SHA-256 over a checkpoint's weight files, in name order (identity of a model)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    for f in files:
+        h.update(f.name.encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class TransformersBackend:
+    """Samples from a checkpoint directory loaded with ``AutoModelForCausalLM``.
+
+    Args:
+        path: A directory holding ``config.json``, weights and tokenizer files.
+        name: The model name recorded in traces (default: the directory name).
+        device: ``"auto"`` (GPU if present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        dtype: Torch dtype name; default float32 on CPU, bfloat16 on GPU.
+
+    Raises:
+        CheckpointError: ``path`` is missing, not a checkpoint, or fails to load.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        name: str | None = None,
+        device: str = "auto",
+        dtype: str | None = None,
+    ):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.path = Path(path)
+        if not self.path.exists():
+            raise CheckpointError(f"model path {self.path} does not exist")
+        if not self.path.is_dir() or not (self.path / "config.json").is_file():
+            raise CheckpointError(f"{self.path} is not a checkpoint directory (no config.json)")
+        self.name = name or self.path.name
+        self.device = _pick_device(device)
+        torch_dtype = getattr(torch, dtype) if dtype else (
+            torch.float32 if self.device.type == "cpu" else torch.bfloat16
+        )
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+            self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch_dtype)
+        except Exception as exc:  # any loader failure is a bad checkpoint to the user
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"cannot load checkpoint {self.path}: {first}") from exc
+        self.model.to(self.device).eval()
+        # transformers 5.x renamed past_key_values to cache; accept either release.
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._eos_ids = self._eos_token_ids()
+        self._pad_id = self.tokenizer.pad_token_id
+        if self._pad_id is None:
+            self._pad_id = next(iter(self._eos_ids), 0)
+        self._info = self._read_info()
+
+    # ------------------------------------------------------------------ protocol
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._encode(text))
+
+    def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[Generation]:
+        """Samples ``params.n`` completions per prompt; see :class:`backends.Backend`."""
+        if isinstance(prompts, str):
+            raise BadInputError("generate() takes a list of prompts, not one string")
+        encoded = [self._encode(p) for p in prompts]
+        per_chunk = max(1, MAX_BATCH_ROWS // params.n)
+        out: list[Generation] = []
+        for start in range(0, len(encoded), per_chunk):
+            chunk = encoded[start : start + per_chunk]
+            t0 = time.perf_counter()
+            decoder = _Decoder(self, chunk, params)
+            while decoder.step():
+                pass
+            latency = time.perf_counter() - t0
+            out.extend(decoder.generations(latency))
+        return out
+
+    def stream(self, prompt: str, params: SamplingParams) -> "TokenStream":
+        """Streams one completion as text deltas; ``.generation`` holds its bill at the end."""
+        if params.n != 1:
+            raise BadInputError("stream() samples one completion: n must be 1")
+        return TokenStream(_Decoder(self, [self._encode(prompt)], params))
+
+    def close(self) -> None:
+        # Nothing to release beyond what the garbage collector frees.
+        pass
+
+    def __enter__(self) -> "TransformersBackend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _encode(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise BadInputError(f"a prompt must be a string, got {type(text).__name__}")
+        ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+        if not ids:
+            bos = self.tokenizer.bos_token_id
+            if bos is None:
+                raise BadInputError("empty prompt and the tokenizer has no BOS token to start from")
+            ids = [bos]
+        limit = self._info.max_context
+        if limit and len(ids) >= limit:
+            raise BadInputError(f"prompt of {len(ids)} tokens does not fit the context of {limit}")
+        return ids
+
+    def _eos_token_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for source in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
+            if isinstance(source, int):
+                ids.add(source)
+            elif isinstance(source, (list, tuple)):
+                ids.update(int(i) for i in source)
+        return ids
+
+    def _read_info(self) -> ModelInfo:
+        cfg = self.model.config
+        total = sum(p.numel() for p in self.model.parameters())
+        embed = self.model.get_input_embeddings().weight.numel()
+        heads = getattr(cfg, "num_attention_heads", None)
+        hidden = getattr(cfg, "hidden_size", None)
+        head_dim = getattr(cfg, "head_dim", None) or (hidden // heads if hidden and heads else None)
+        return ModelInfo(
+            name=self.name,
+            path=str(self.path),
+            parameters=total,
+            non_embedding_parameters=total - embed,
+            layers=getattr(cfg, "num_hidden_layers", None),
+            hidden_size=hidden,
+            intermediate_size=getattr(cfg, "intermediate_size", None),
+            attention_heads=heads,
+            kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+            head_dim=head_dim,
+            vocab_size=getattr(cfg, "vocab_size", None),
+            max_context=getattr(cfg, "max_position_embeddings", None),
+            dtype_bytes=torch.finfo(self.model.dtype).bits // 8,
+            checkpoint_digest=checkpoint_digest(self.path),
+        )
+
+
+class _Decoder:
+    """One batched decode: prompts prefilled once, their samples decoded as one batch."""
+
+    def __init__(self, backend: TransformersBackend, prompts: list[list[int]], params: SamplingParams):
+        from transformers import DynamicCache
+
+        self.b = backend
+        self.params = params
+        self.prompt_lens = [len(p) for p in prompts]
+        n = params.n
+        dev = backend.device
+        ctx = backend.info.max_context
+        # Never decode past the model's context; such samples end with "length".
+        self.max_new = [
+            min(params.max_tokens, ctx - plen) if ctx else params.max_tokens for plen in self.prompt_lens
+        ]
+        self.generator = None
+        if params.seed is not None:
+            self.generator = torch.Generator(device=dev).manual_seed(params.seed)
+        rows = len(prompts) * n
+        self.tokens: list[list[int]] = [[] for _ in range(rows)]
+        self.logprobs: list[list[float]] = [[] for _ in range(rows)]
+        self.finish: list[str | None] = [None] * rows
+        self.stop_hit: list[bool] = [False] * rows
+        self.max_stop = max((len(s) for s in params.stop), default=0)
+
+        # Prefill every prompt once, left-padded to a common length.
+        width = max(self.prompt_lens)
+        ids = torch.full((len(prompts), width), backend._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :] = torch.tensor(p)
+            mask[i, width - len(p) :] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        self.cache = DynamicCache(config=backend.model.config)
+        with torch.inference_mode():
+            out = backend.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
+                **{backend._cache_kw: self.cache},
+            )
+        # The shared prefix is now cached once; copy it for each of the n samples.
+        if n > 1:
+            self.cache.batch_repeat_interleave(n)
+        self.logits = out.logits[:, -1, :].float().repeat_interleave(n, dim=0)
+        self.mask = mask.repeat_interleave(n, dim=0)
+        self.next_pos = positions[:, -1].repeat_interleave(n, dim=0) + 1
+        self.active = torch.arange(rows, device=dev)  # row ids still decoding, in batch order
+
+    def step(self) -> bool:
+        """Samples one token for every active row; returns False once all rows finished."""
+        if self.active.numel() == 0:
+            return False
+        tok, lp = self._sample(self.logits)
+        keep: list[int] = []
+        for j, row in enumerate(self.active.tolist()):
+            t = int(tok[j])
+            self.tokens[row].append(t)
+            if self.params.logprobs:
+                self.logprobs[row].append(float(lp[j]))
+            if t in self.b._eos_ids and not self.params.ignore_eos:
+                self.finish[row] = "stop"
+            elif self.max_stop and self._hits_stop(row):
+                self.finish[row], self.stop_hit[row] = "stop", True
+            elif len(self.tokens[row]) >= self.max_new[row // self.params.n]:
+                self.finish[row] = "length"
+            else:
+                keep.append(j)
+        if not keep:
+            self.active = self.active[:0]
+            return False
+        if len(keep) < self.active.numel():
+            # Drop finished rows so that they stop costing compute.
+            idx = torch.tensor(keep, device=self.active.device)
+            self.cache.batch_select_indices(idx)
+            self.active, self.mask, self.next_pos, tok = (
+                self.active[idx], self.mask[idx], self.next_pos[idx], tok[idx]
+            )
+        self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=1)
+        with torch.inference_mode():
+            out = self.b.model(
+                input_ids=tok.view(-1, 1),
+                attention_mask=self.mask,
+                position_ids=self.next_pos.view(-1, 1),
+                use_cache=True,
+                **{self.b._cache_kw: self.cache},
+            )
+        self.next_pos = self.next_pos + 1
+        self.logits = out.logits[:, -1, :].float()
+        return True
+
+    def _sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.params
+        raw_lp = torch.log_softmax(logits, dim=-1) if p.logprobs else None
+        if p.temperature == 0:
+            tok = logits.argmax(dim=-1)
+        else:
+            scaled = logits / p.temperature
+            if p.top_p < 1.0:
+                sorted_logits, order = scaled.sort(dim=-1, descending=True)
+                cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+                # Keep the smallest prefix whose mass reaches top_p (always the top token).
+                drop = cum - sorted_logits.softmax(dim=-1) >= p.top_p
+                sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+                scaled = torch.full_like(scaled, float("-inf")).scatter(-1, order, sorted_logits)
+            probs = scaled.softmax(dim=-1)
+            tok = torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
+        lp = raw_lp.gather(-1, tok.view(-1, 1)).squeeze(-1) if raw_lp is not None else tok
+        return tok, lp
+
+    def _hits_stop(self, row: int) -> bool:
+        # A stop string of k characters spans at most k tokens: decode only that tail.
+        tail = self.b.tokenizer.decode(self.tokens[row][-(self.max_stop + 1) :], skip_special_tokens=True)
+        return any(s in tail for s in self.params.stop)
+
+    def text(self, row: int) -> str:
+        ids = self.tokens[row]
+        if ids and ids[-1] in self.b._eos_ids and not self.params.ignore_eos:
+            ids = ids[:-1]
+        text = self.b.tokenizer.decode(ids, skip_special_tokens=True)
+        if self.stop_hit[row]:
+            cut = min((i for i in (text.find(s) for s in self.params.stop) if i >= 0), default=len(text))
+            text = text[:cut]
+        return text
+
+    def generations(self, latency: float) -> list[Generation]:
+        n = self.params.n
+        out = []
+        for i, plen in enumerate(self.prompt_lens):
+            comps = [
+                Completion(
+                    text=self.text(r),
+                    completion_tokens=len(self.tokens[r]),
+                    finish_reason=self.finish[r] or "length",
+                    token_ids=list(self.tokens[r]),
+                    logprobs=list(self.logprobs[r]) if self.params.logprobs else None,
+                )
+                for r in range(i * n, (i + 1) * n)
+            ]
+            usage = Usage(prompt_tokens=plen, completion_tokens=sum(c.completion_tokens for c in comps), calls=1)
+            out.append(
+                Generation(model=self.b.name, prompt_tokens=plen, completions=comps, usage=usage, latency_s=latency)
+            )
+        return out
+
+
+class TokenStream:
+    """Iterator of text deltas of one completion; ``generation`` is set once it ends.
+
+    Consumers (TrimR) may stop iterating early: ``close()`` then bills what was
+    generated so far, with finish reason ``"stop"``.
+    """
+
+    def __init__(self, decoder: _Decoder):
+        self._d = decoder
+        self._t0 = time.perf_counter()
+        self._emitted = ""
+        self._done = False
+        self.generation: Generation | None = None
+
+    def __iter__(self) -> "TokenStream":
+        return self
+
+    def __next__(self) -> str:
+        while not self._done:
+            more = self._d.step()
+            text = self._d.text(0)
+            if not more:
+                self._finish()
+            if not self._done:
+                text = text[: len(text) - self._held_back(text)]
+            if len(text) > len(self._emitted) and text.startswith(self._emitted):
+                delta, self._emitted = text[len(self._emitted) :], text
+                return delta
+        raise StopIteration
+
+    def _held_back(self, text: str) -> int:
+        """Characters not yet safe to emit: a partial multi-byte char or a stop-string prefix."""
+        partial = len(text) - len(text.rstrip("\ufffd"))
+        if partial:
+            return partial
+        for k in range(min(self._d.max_stop, len(text)), 0, -1):
+            if any(s.startswith(text[-k:]) for s in self._d.params.stop):
+                return k
+        return 0
+
+    def close(self) -> None:
+        """Stops decoding now; the tokens generated so far stay billed."""
+        if not self._done:
+            self._d.finish[0] = self._d.finish[0] or "stop"
+            self._d.active = self._d.active[:0]
+            self._finish()
+
+    def _finish(self) -> None:
+        self._done = True
+        self.generation = self._d.generations(time.perf_counter() - self._t0)[0]
