@@ -1,0 +1,56 @@
+"""SQL trace store of ttc: schema, migrations, batched writes and queries.
+
+The store knows nothing about the rest of ttc; it takes plain records::
+
+    from store import SpanRecord, TraceStore
+
+    with TraceStore.open("sqlite:///ttc.db") as traces:
+        run_id = traces.start_run("solve", "countdown")
+        traces.add_span(SpanRecord(run_id=run_id, kind="llm", name="chat", model="tiny"))
+        traces.end_run(run_id)
+"""
+
+from store.engine import (
+    DEFAULT_DB_URL,
+    BadDatabaseURL,
+    StoreError,
+    make_engine,
+    migrate,
+    resolve_db_url,
+)
+from store.queries import RunNotFound, get_run, list_runs, stats
+from store.records import (
+    CandidateRecord,
+    ModelStats,
+    RunDetail,
+    RunRecord,
+    SpanRecord,
+    StatsRecord,
+    new_span_id,
+    new_trace_id,
+    utcnow,
+)
+from store.writer import TraceStore
+
+__all__ = [
+    "DEFAULT_DB_URL",
+    "BadDatabaseURL",
+    "CandidateRecord",
+    "ModelStats",
+    "RunDetail",
+    "RunNotFound",
+    "RunRecord",
+    "SpanRecord",
+    "StatsRecord",
+    "StoreError",
+    "TraceStore",
+    "get_run",
+    "list_runs",
+    "make_engine",
+    "migrate",
+    "new_span_id",
+    "new_trace_id",
+    "resolve_db_url",
+    "stats",
+    "utcnow",
+]
