@@ -1,6 +1,6 @@
 """Backends: the seam between ttc and a model (in-process transformers, OpenAI-compatible HTTP, scripted)."""
 
-from .base import Backend
+from .base import Backend, CompletionStream
 from .errors import BackendError, BadInputError, CheckpointError, EndpointError, RunFailure, TTCError
 from .scripted import ScriptedBackend
 from .types import Completion, FinishReason, Generation, ModelInfo, SamplingParams, Usage
@@ -12,10 +12,10 @@ def __getattr__(name: str):
         from . import transformers_backend
 
         return getattr(transformers_backend, name)
-    if name == "OpenAIBackend":
-        from .openai_backend import OpenAIBackend
+    if name in ("OpenAIBackend", "OpenAIStream"):
+        from . import openai_backend
 
-        return OpenAIBackend
+        return getattr(openai_backend, name)
     raise AttributeError(f"module 'backends' has no attribute {name!r}")
 
 
@@ -25,11 +25,13 @@ __all__ = [
     "BadInputError",
     "CheckpointError",
     "Completion",
+    "CompletionStream",
     "EndpointError",
     "FinishReason",
     "Generation",
     "ModelInfo",
     "OpenAIBackend",
+    "OpenAIStream",
     "RunFailure",
     "SamplingParams",
     "ScriptedBackend",

@@ -13,7 +13,27 @@ from typing import Protocol, runtime_checkable
 
 from .types import Generation, ModelInfo, SamplingParams
 
-__all__ = ["Backend"]
+__all__ = ["Backend", "CompletionStream"]
+
+
+@runtime_checkable
+class CompletionStream(Protocol):
+    """Text deltas of one completion as it decodes.
+
+    Attributes:
+        generation: None while decoding; the finished Generation (text, exact token
+            counts, usage) once the stream ends or is closed.
+    """
+
+    generation: Generation | None
+
+    def __iter__(self) -> Iterator[str]: ...
+
+    def __next__(self) -> str: ...
+
+    def close(self) -> None:
+        """Stops decoding early (TrimR does); what was generated so far stays billed."""
+        ...
 
 
 @runtime_checkable
@@ -47,8 +67,8 @@ class Backend(Protocol):
         """
         ...
 
-    def stream(self, prompt: str, params: SamplingParams) -> Iterator[str]:
-        """Yield text chunks of one completion (``params.n`` must be 1) as they decode."""
+    def stream(self, prompt: str, params: SamplingParams) -> CompletionStream:
+        """Streams one completion (``params.n`` must be 1) as text deltas."""
         ...
 
     def count_tokens(self, text: str) -> int:

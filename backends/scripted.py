@@ -67,8 +67,37 @@ class ScriptedBackend:
             out.append(Generation(model=self.name, prompt_tokens=len(p), completions=comps, usage=usage))
         return out
 
-    def stream(self, prompt: str, params: SamplingParams) -> Iterator[str]:
-        yield from self.generate([prompt], params.model_copy(update={"n": 1}))[0].completions[0].text
+    def stream(self, prompt: str, params: SamplingParams) -> "_ScriptedStream":
+        return _ScriptedStream(self.generate([prompt], params.model_copy(update={"n": 1}))[0])
 
     def close(self) -> None:
         pass
+
+
+class _ScriptedStream:
+    """Yields the scripted text one character (= one token) at a time."""
+
+    def __init__(self, generation: Generation):
+        self._full = generation
+        self._chars: Iterator[str] = iter(generation.completions[0].text)
+        self._sent = 0
+        self.generation: Generation | None = None
+
+    def __iter__(self) -> "_ScriptedStream":
+        return self
+
+    def __next__(self) -> str:
+        if self.generation is None:
+            for ch in self._chars:
+                self._sent += 1
+                return ch
+            self.generation = self._full
+        raise StopIteration
+
+    def close(self) -> None:
+        if self.generation is None:
+            c = self._full.completions[0]
+            text = c.text[: self._sent]
+            comp = Completion(text=text, completion_tokens=len(text), finish_reason="stop")
+            usage = Usage(prompt_tokens=self._full.prompt_tokens, completion_tokens=len(text), calls=1)
+            self.generation = self._full.model_copy(update={"completions": [comp], "usage": usage})

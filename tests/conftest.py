@@ -73,3 +73,11 @@ def db_url(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
         return request.getfixturevalue("sqlite_url")
     return request.getfixturevalue("new_pg_database")()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    """A real (random-weight) Llama-style checkpoint with a character tokenizer."""
+    from _tiny import make_checkpoint
+
+    return str(make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-llama"))

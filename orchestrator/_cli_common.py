@@ -1,0 +1,39 @@
+"""Pieces every CLI command shares: JSON output, consoles, option types."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+__all__ = ["stdout", "stderr", "emit_json", "DbOption", "JsonOption", "jsonable"]
+
+# Human output on stdout; progress bars, logs and warnings on stderr, so that
+# `--json` keeps stdout to exactly one JSON object.
+stdout = Console()
+stderr = Console(stderr=True)
+
+DbOption = Annotated[
+    str | None,
+    typer.Option("--db", help="SQLAlchemy URL of the trace store (default: $TTC_DB, then sqlite:///ttc.db)."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
+
+
+def jsonable(obj: Any) -> Any:
+    """Pydantic models and datetimes turned into plain JSON values."""
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    return obj
+
+
+def emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(jsonable(obj)) + "\n")
+    sys.stdout.flush()

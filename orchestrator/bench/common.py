@@ -1,0 +1,72 @@
+"""What every benchmark records: seed, commit, models and digests, and where files go."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = ["git_commit", "bench_header", "write_result", "wilson_ci95"]
+
+
+def git_commit() -> str | None:
+    """The commit of the code being measured ("<sha>-dirty" with uncommitted changes)."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{sha}-dirty" if dirty else sha
+
+
+def bench_header(name: str, *, seed: int, quick: bool, models: list[dict[str, Any]], n_problems: int) -> dict:
+    """Fields every bench JSON carries (DESIGN.md contracts)."""
+    import torch
+
+    return {
+        "bench": name,
+        "seed": seed,
+        "quick": quick,
+        "git_commit": git_commit(),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "models": [m["name"] for m in models],
+        "checkpoint_digests": {m["name"]: m.get("digest") for m in models},
+        "n_problems": n_problems,
+        "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                    "torch_threads": torch.get_num_threads(), "cpu_count": _cpu_count()},
+    }
+
+
+def _cpu_count() -> int | None:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def write_result(name: str, result: dict, out_dir: Path) -> Path:
+    """Writes ``<out_dir>/<name>.json`` atomically and returns its path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def wilson_ci95(successes: int, n: int) -> list[float]:
+    """Wilson score 95% interval for a proportion (sensible at 0% and 100%, unlike Wald)."""
+    if n == 0:
+        return [0.0, 1.0]
+    z = 1.959963984540054
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return [max(0.0, centre - half), min(1.0, centre + half)]

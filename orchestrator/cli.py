@@ -1,0 +1,385 @@
+"""The ``ttc`` command line.
+
+Exit codes (DESIGN.md contracts): 0 success, 2 bad input, 1 failure at run time. Errors
+print one line on stderr; a traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from pydantic import ValidationError
+from rich.table import Table
+from rich.tree import Tree
+
+from backends.errors import BadInputError, TTCError
+from backends.types import SamplingParams
+from strategies.budget import Budget
+
+from ._cli_common import DbOption, JsonOption, emit_json, stderr, stdout
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="ttc",
+    help="ttc: spend test-time compute well on local models, and trace every token.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="Built-in checkpoints.", no_args_is_help=True)
+traces_app = typer.Typer(help="Query the trace store.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks; results go to bench/results/.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(traces_app, name="traces")
+app.add_typer(bench_app, name="bench")
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False) -> None:
+    """ttc: an agentic test-time compute orchestrator."""
+    if debug:
+        os.environ["TTC_DEBUG"] = "1"
+
+
+def read_text_arg(value: str, what: str) -> str:
+    """``@path`` reads a file, ``-`` reads stdin, anything else is the value itself."""
+    if value == "-":
+        return sys.stdin.read()
+    if value.startswith("@"):
+        path = Path(value[1:])
+        try:
+            return path.read_text()
+        except OSError as exc:
+            raise BadInputError(f"cannot read {what} file {path}: {exc.strerror or exc}") from exc
+    return value
+
+
+def _orchestrator(db: str | None, device: str = "auto"):
+    from .api import Orchestrator
+
+    return Orchestrator(db=db, device=device)
+
+
+# ---------------------------------------------------------------------- generate
+
+
+@app.command()
+def generate(
+    model: Annotated[str, typer.Option("--model", "-m", help="Built-in name, checkpoint dir, or served name with --base-url.")],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="Prompt text, @FILE, or - for stdin.")],
+    n: Annotated[int, typer.Option("-n", "--n", help="Completions to sample (they share one prefill).")] = 1,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Tokens per completion, at most.")] = 128,
+    temperature: Annotated[float, typer.Option("--temperature", "-t")] = 1.0,
+    top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    stop: Annotated[list[str] | None, typer.Option("--stop", help="Stop string; repeatable.")] = None,
+    budget_tokens: Annotated[int | None, typer.Option("--budget-tokens", help="Token budget; the call shrinks to fit.")] = None,
+    base_url: Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1.")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    db: DbOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Sample completions from a model and record the call in the trace store."""
+    text = read_text_arg(prompt, "prompt")
+    params = SamplingParams(n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                            stop=tuple(stop or ()))
+    budget = Budget(tokens=budget_tokens)
+    with _orchestrator(db, device) as orc:
+        out = orc.generate(model, text, params=params, budget=budget, base_url=base_url)
+    completions = [
+        {"prompt_index": i, "index": j, "text": c.text, "completion_tokens": c.completion_tokens,
+         "finish_reason": c.finish_reason}
+        for i, g in enumerate(out.generations) for j, c in enumerate(g.completions)
+    ]
+    usage = {**out.usage.model_dump(), "total_tokens": out.usage.total_tokens}
+    if json_out:
+        emit_json({"model": out.model, "trace_id": out.trace_id, "completions": completions, "usage": usage,
+                   "flops": out.flops, "paper_flops": out.paper_flops, "eflops": out.eflops,
+                   "skipped_prompts": out.skipped})
+        return
+    if not completions:
+        stderr.print("[yellow]the budget cannot hold even one completion: nothing was sampled[/]")
+    table = Table("#", "tokens", "finish", "text", title=f"{out.model}: {len(completions)} completion(s)")
+    for c in completions:
+        table.add_row(str(c["index"]), str(c["completion_tokens"]), c["finish_reason"], repr(c["text"]))
+    stdout.print(table)
+    flops = f"{out.flops:.3g}" if out.flops is not None else "unknown"
+    stdout.print(f"usage: {usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion = "
+                 f"{usage['total_tokens']} tokens, {flops} FLOPs")
+    stdout.print(f"trace: {out.trace_id}")
+
+
+# ---------------------------------------------------------------------- solve
+
+
+def read_problem(value: str) -> dict:
+    """``--problem``: inline JSON or ``@file.json``."""
+    import json
+
+    text = read_text_arg(value, "problem")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInputError(f"--problem is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})") from None
+    if not isinstance(obj, dict):
+        raise BadInputError("--problem must be a JSON object")
+    return obj
+
+
+@app.command()
+def solve(
+    task: Annotated[str, typer.Option("--task", help="Task family, e.g. countdown.")],
+    problem: Annotated[str, typer.Option("--problem", help='Inline JSON or @file.json, e.g. {"numbers": [3, 5, 7], "target": 22}.')],
+    strategy: Annotated[str, typer.Option("--strategy", "-s", help="Registry name of the strategy.")] = "sample",
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Built-in name or checkpoint dir (default: the task's).")] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", "-t")] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens")] = None,
+    budget_tokens: Annotated[int | None, typer.Option("--budget-tokens", help="Token budget for the whole solve.")] = None,
+    base_url: Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint serving --model.")] = None,
+    device: Annotated[str, typer.Option("--device")] = "auto",
+    db: DbOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Solve one problem with a strategy and a model; the run lands in the trace store."""
+    obj = read_problem(problem)
+    budget = Budget(tokens=budget_tokens)
+    params = {k: v for k, v in {"temperature": temperature, "seed": seed, "max_tokens": max_tokens}.items()
+              if v is not None}
+    with _orchestrator(db, device) as orc:
+        result = orc.solve(task, obj, strategy=strategy, model=model, budget=budget, base_url=base_url, **params)
+    chosen = next((c for c in result.candidates if c.answer == result.answer), None)
+    reason = chosen.verdict.reason if chosen and chosen.verdict else None
+    usage = {**result.usage.model_dump(), "total_tokens": result.usage.total_tokens}
+    if json_out:
+        emit_json({"task": task, "strategy": result.strategy, "answer": result.answer, "correct": result.correct,
+                   "reason": reason, "usage": usage, "tokens": result.tokens, "flops": result.flops,
+                   "paper_flops": result.paper_flops, "eflops": result.eflops, "stop_reason": result.stop_reason,
+                   "trace_id": result.trace_id,
+                   "candidates": [{"text": c.text, "answer": c.answer, "tokens": c.tokens,
+                                   "correct": c.verdict.correct if c.verdict else None} for c in result.candidates]})
+        return
+    if result.stop_reason == "no_budget":
+        stdout.print("[yellow]the budget cannot hold even one sample: no answer[/]")
+    else:
+        mark = {True: "[green]correct[/]", False: "[red]wrong[/]", None: "[yellow]unchecked[/]"}[result.correct]
+        stdout.print(f"answer: {result.answer!r}  {mark}" + (f" ({reason})" if reason else ""))
+    stdout.print(f"usage: {usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion = "
+                 f"{usage['total_tokens']} tokens")
+    stdout.print(f"trace: {result.trace_id}")
+
+
+# ---------------------------------------------------------------------- models
+
+
+@models_app.command("list")
+def models_list(json_out: JsonOption = False) -> None:
+    """List the built-in checkpoints."""
+    from tasks.registry import builtin_models
+
+    rows = [{"name": m.name, "path": m.path, "task": m.task, "kind": m.kind, "params": m.params}
+            for m in builtin_models()]
+    if json_out:
+        emit_json({"models": rows})
+        return
+    table = Table("name", "task", "kind", "params", "path")
+    for r in rows:
+        table.add_row(r["name"], r["task"], r["kind"], f"{r['params']:,}", r["path"])
+    stdout.print(table if rows else "no built-in models are installed")
+
+
+# ---------------------------------------------------------------------- traces
+
+
+@traces_app.command("list")
+def traces_list(
+    limit: Annotated[int, typer.Option("--limit", min=1)] = 20,
+    kind: Annotated[str | None, typer.Option("--kind")] = None,
+    status: Annotated[str | None, typer.Option("--status")] = None,
+    db: DbOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """List recent runs, newest first."""
+    with _orchestrator(db) as orc:
+        runs = orc.list_runs(limit=limit, kind=kind, status=status)
+    if json_out:
+        emit_json({"runs": runs})
+        return
+    table = Table("id", "kind", "name", "status", "started", "in", "out")
+    for r in runs:
+        table.add_row(r.id, r.kind, r.name, r.status, r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                      str(r.input_tokens), str(r.output_tokens))
+    stdout.print(table if runs else "no runs recorded yet")
+
+
+@traces_app.command("show")
+def traces_show(
+    run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix of at least 6 characters.")],
+    db: DbOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Show one run: its spans as a tree, and its candidates."""
+    with _orchestrator(db) as orc:
+        detail = orc.get_run(run_id)
+    if json_out:
+        emit_json(detail)
+        return
+    r = detail.run
+    root = Tree(f"[bold]{r.kind}[/] {r.name}  {r.id}  [{'green' if r.status == 'ok' else 'red'}]{r.status}[/]"
+                f"  in={r.input_tokens} out={r.output_tokens}")
+    nodes = {}
+    for s in detail.spans:  # parents end after children, so place by parent id in a second pass
+        label = f"{s.kind}:{s.name}"
+        if s.model:
+            label += f" model={s.model}"
+        if s.input_tokens or s.output_tokens:
+            label += f" in={s.input_tokens} out={s.output_tokens}"
+        if s.finish_reason:
+            label += f" finish={s.finish_reason}"
+        if s.latency_s is not None:
+            label += f" {s.latency_s * 1000:.0f}ms"
+        if s.status == "error":
+            label += f" [red]error: {s.error}[/]"
+        nodes[s.id] = (s, label)
+    children: dict[str | None, list[str]] = {}
+    for sid, (s, _) in nodes.items():
+        parent = s.parent_id if s.parent_id in nodes else None
+        children.setdefault(parent, []).append(sid)
+
+    def attach(tree: Tree, parent: str | None) -> None:
+        for sid in children.get(parent, []):
+            attach(tree.add(nodes[sid][1]), sid)
+
+    attach(root, None)
+    stdout.print(root)
+    if detail.candidates:
+        table = Table("#", "answer", "correct", "score", "tokens", "text", title="candidates")
+        for c in detail.candidates:
+            table.add_row(str(c.idx), str(c.answer), str(c.correct), "" if c.score is None else f"{c.score:.3g}",
+                          str(c.tokens), repr(c.text[:80]))
+        stdout.print(table)
+
+
+@traces_app.command("stats")
+def traces_stats(
+    kind: Annotated[str | None, typer.Option("--kind")] = None,
+    db: DbOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Totals over the store: runs by status, tokens per model, spans per kind."""
+    with _orchestrator(db) as orc:
+        st = orc.stats(kind=kind)
+    if json_out:
+        emit_json(st)
+        return
+    stdout.print(f"runs: {st.runs} {dict(st.runs_by_status)}; tokens: {st.input_tokens} in, {st.output_tokens} out")
+    table = Table("model", "calls", "in", "out", "mean latency")
+    for m in st.models:
+        lat = "" if m.mean_latency_s is None else f"{m.mean_latency_s * 1000:.0f}ms"
+        table.add_row(str(m.model), str(m.calls), str(m.input_tokens), str(m.output_tokens), lat)
+    stdout.print(table)
+    stdout.print(f"spans by kind: {dict(st.span_kinds)}")
+
+
+# ---------------------------------------------------------------------- bench and demo
+
+
+@bench_app.command("throughput")
+def bench_throughput(
+    quick: Annotated[bool, typer.Option("--quick", help="Fixed seeds, fewer repeats (minutes at most).")] = False,
+    model: Annotated[str | None, typer.Option("--model", help="Checkpoint to measure (default: a ~1M model).")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where the JSON and plot go.")] = Path("bench/results"),
+    json_out: JsonOption = False,
+) -> None:
+    """Tokens/s of 16 samples: separate calls vs a batch vs a batch sharing the prompt's prefill."""
+    from .bench.throughput import run_throughput
+
+    result = run_throughput(quick=quick, model=model, out_dir=out_dir, progress=stderr)
+    if json_out:
+        emit_json(result)
+        return
+    table = Table("mode", "tokens/s", "wall s", title=f"throughput: {result['model']['name']}")
+    for mode, row in result["modes"].items():
+        table.add_row(mode, f"{row['tokens_per_s']:.0f}", f"{row['wall_s_median']:.2f}")
+    stdout.print(table)
+    stdout.print(f"speedup (shared prefix vs separate calls): {result['speedup']:.2f}x; "
+                 f"written to {result['files']['json']}")
+
+
+@app.command()
+def demo(db: DbOption = None, json_out: JsonOption = False) -> None:
+    """Run the main job on built-in defaults: a built-in model on a few problems, traced."""
+    from .demo import run_demo
+
+    result = run_demo(db=db, console=stdout if not json_out else stderr)
+    if json_out:
+        emit_json(result)
+
+
+# ---------------------------------------------------------------------- entry point
+
+
+def _one_line(text: str) -> str:
+    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    return lines[0] if lines else "unknown error"
+
+
+def _validation_message(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    loc = ".".join(str(p) for p in err.get("loc", ()))
+    return msg if not loc or loc in msg else f"{loc}: {msg}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry: runs the app and maps errors to one line and an exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or bool(os.environ.get("TTC_DEBUG"))
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # weight-loading bars are noise on a CLI
+        hf_logging.set_verbosity_error()
+    except Exception:  # transformers is optional for commands such as `traces`
+        pass
+    try:
+        rv = app(args=args, prog_name="ttc", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        stderr.print("aborted", highlight=False)
+        code = 130
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        print(f"error: {_one_line(exc.format_message())}{hint}", file=sys.stderr)
+        code = 2
+    except click.ClickException as exc:
+        print(f"error: {_one_line(exc.format_message())}", file=sys.stderr)
+        code = exc.exit_code
+    except ValidationError as exc:
+        if debug:
+            raise
+        print(f"error: {_validation_message(exc)}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    except Exception as exc:
+        if debug:
+            raise
+        # Our own errors say which exit code they mean (TTCError, store errors).
+        code = getattr(exc, "exit_code", 1) if isinstance(getattr(exc, "exit_code", None), int) else 1
+        prefix = "" if isinstance(exc, TTCError) or hasattr(exc, "exit_code") else f"{type(exc).__name__}: "
+        print(f"error: {prefix}{_one_line(str(exc)) if str(exc).strip() else type(exc).__name__}", file=sys.stderr)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Registry from strategy name to strategy; every strategy has the same signature:
+
+``strategy(task, problem, backend, verifier, ledger, tracer, **params) -> Result``
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from backends.errors import BadInputError
+
+from .result import Result
+from .sample import sample
+
+__all__ = ["STRATEGIES", "get_strategy", "Strategy"]
+
+Strategy = Callable[..., Result]
+
+STRATEGIES: dict[str, Strategy] = {
+    "sample": sample,
+}
+
+
+def get_strategy(name: str) -> Strategy:
+    """The strategy registered as ``name``.
+
+    Raises:
+        BadInputError: Unknown name; the message lists the valid ones.
+    """
+    if name not in STRATEGIES:
+        raise BadInputError(f"unknown strategy {name!r}; valid strategies: {', '.join(sorted(STRATEGIES))}")
+    return STRATEGIES[name]

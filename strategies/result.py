@@ -1,0 +1,53 @@
+"""What every strategy returns."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from backends.types import Usage
+from verifiers.verdict import Verdict
+
+__all__ = ["Candidate", "Result", "StopReason"]
+
+StopReason = Literal["verified", "done", "budget", "no_budget"]
+
+
+class Candidate(BaseModel):
+    """One answer a strategy produced, with the verifier's verdict on it."""
+
+    text: str
+    answer: str | None = None
+    tokens: int = 0
+    finish_reason: str | None = None
+    verdict: Verdict | None = None
+
+
+class Result(BaseModel):
+    """A strategy's chosen answer, every candidate with its verdict, and what it cost.
+
+    Attributes:
+        strategy: Registry name of the strategy that produced it.
+        answer: The chosen answer (None when there is none, e.g. no budget).
+        correct: The verifier's verdict on the chosen answer.
+        candidates: All candidates, in the order they were produced.
+        usage: Tokens charged, by the accounting rule (verifier and judge calls included).
+        tokens: ``usage.total_tokens``, for convenience in tables.
+        flops, paper_flops, eflops: Compute charged (see ``strategies.cost``).
+        stop_reason: "verified" (an answer was confirmed), "done" (the strategy ran its
+            course), "budget" (the budget ran out) or "no_budget" (not even one sample fit).
+        trace_id: The run in the trace store, when traced.
+    """
+
+    strategy: str
+    answer: str | None = None
+    correct: bool | None = None
+    candidates: list[Candidate] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    tokens: int = 0
+    flops: float | None = 0.0
+    paper_flops: float | None = 0.0
+    eflops: float | None = 0.0
+    stop_reason: StopReason = "done"
+    trace_id: str | None = None
