@@ -1,0 +1,14 @@
+"""Task families: problem generators, prompt formats, verifiers; built-in tiny models.
+
+Training (``tasks.training``) and evaluation (``tasks.evaluate``) import torch and are
+left out of this package's import on purpose.
+"""
+
+from pathlib import Path
+
+from .countdown import COUNTDOWN, CountdownTask
+
+__all__ = ["COUNTDOWN", "CountdownTask", "CHECKPOINTS_DIR"]
+
+# Shipped checkpoints (package data): one directory per model with a card.json.
+CHECKPOINTS_DIR = Path(__file__).parent / "checkpoints"
