@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-__all__ = ["stdout", "stderr", "emit_json", "DbOption", "JsonOption", "jsonable"]
+from backends.errors import BadInputError
+
+__all__ = ["stdout", "stderr", "emit_json", "DbOption", "JsonOption", "jsonable", "read_text_arg"]
 
 # Human output on stdout; progress bars, logs and warnings on stderr, so that
 # `--json` keeps stdout to exactly one JSON object.
@@ -37,3 +40,16 @@ def jsonable(obj: Any) -> Any:
 def emit_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(jsonable(obj)) + "\n")
     sys.stdout.flush()
+
+
+def read_text_arg(value: str, what: str) -> str:
+    """``@path`` reads a file, ``-`` reads stdin, anything else is the value itself."""
+    if value == "-":
+        return sys.stdin.read()
+    if value.startswith("@"):
+        path = Path(value[1:])
+        try:
+            return path.read_text()
+        except OSError as exc:
+            raise BadInputError(f"cannot read {what} file {path}: {exc.strerror or exc}") from exc
+    return value

@@ -21,7 +21,8 @@ from backends.errors import BadInputError, TTCError
 from backends.types import SamplingParams
 from strategies.budget import Budget
 
-from ._cli_common import DbOption, JsonOption, emit_json, stderr, stdout
+from ._cli_common import DbOption, JsonOption, emit_json, read_text_arg, stderr, stdout
+from ._cli_models import models_app
 
 __all__ = ["app", "main"]
 
@@ -32,7 +33,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-models_app = typer.Typer(help="Built-in checkpoints.", no_args_is_help=True)
 traces_app = typer.Typer(help="Query the trace store.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks; results go to bench/results/.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -45,19 +45,6 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks o
     """ttc: an agentic test-time compute orchestrator."""
     if debug:
         os.environ["TTC_DEBUG"] = "1"
-
-
-def read_text_arg(value: str, what: str) -> str:
-    """``@path`` reads a file, ``-`` reads stdin, anything else is the value itself."""
-    if value == "-":
-        return sys.stdin.read()
-    if value.startswith("@"):
-        path = Path(value[1:])
-        try:
-            return path.read_text()
-        except OSError as exc:
-            raise BadInputError(f"cannot read {what} file {path}: {exc.strerror or exc}") from exc
-    return value
 
 
 def _orchestrator(db: str | None, device: str = "auto"):
@@ -173,25 +160,6 @@ def solve(
     stdout.print(f"usage: {usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion = "
                  f"{usage['total_tokens']} tokens")
     stdout.print(f"trace: {result.trace_id}")
-
-
-# ---------------------------------------------------------------------- models
-
-
-@models_app.command("list")
-def models_list(json_out: JsonOption = False) -> None:
-    """List the built-in checkpoints."""
-    from tasks.registry import builtin_models
-
-    rows = [{"name": m.name, "path": m.path, "task": m.task, "kind": m.kind, "params": m.params}
-            for m in builtin_models()]
-    if json_out:
-        emit_json({"models": rows})
-        return
-    table = Table("name", "task", "kind", "params", "path")
-    for r in rows:
-        table.add_row(r["name"], r["task"], r["kind"], f"{r['params']:,}", r["path"])
-    stdout.print(table if rows else "no built-in models are installed")
 
 
 # ---------------------------------------------------------------------- traces

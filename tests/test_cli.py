@@ -148,3 +148,28 @@ def test_console_script_runs_without_traceback(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
+
+
+def test_models_train_then_eval(capsys, tmp_path):
+    """A few real training steps through the CLI, then the card measurement on a problem file."""
+    out_dir = tmp_path / "ckpt"
+    code, out, _ = ttc(capsys, "models", "train", "countdown-direct-small", "--steps", "2", "--out", str(out_dir),
+                       "--json")
+    assert code == 0
+    state = one_json(out)
+    assert state["steps"] == 2 and (out_dir / "model.safetensors").is_file()
+    problems = tmp_path / "p.jsonl"
+    problems.write_text('{"numbers": [3, 5, 7], "target": 22}\n\n{"id": "b", "numbers": [10, 2, 5, 1], "target": 50}\n')
+    code, out, _ = ttc(capsys, "models", "eval", str(out_dir), "--problems", str(problems), "--quick", "--json")
+    assert code == 0
+    res = one_json(out)
+    assert res["n_problems"] == 2 and 0.0 <= res["pass_at_1"] <= 1.0 and set(res["pass_at_k"]) == {"1", "4"}
+
+
+def test_models_eval_names_the_bad_line(capsys, tmp_path, tiny_checkpoint):
+    problems = tmp_path / "p.jsonl"
+    problems.write_text('{"numbers": [3, 5, 7], "target": 22}\n{"numbers": [3, 5], "target": "x"}\n')
+    code, _, err = ttc(capsys, "models", "eval", tiny_checkpoint, "--problems", str(problems))
+    assert code == 2 and f"{problems}:2:" in err
+    code, _, err = ttc(capsys, "models", "train", "no-such-recipe")
+    assert code == 2 and "valid recipes" in err
