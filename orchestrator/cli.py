@@ -141,7 +141,7 @@ def solve(
               if v is not None}
     with _orchestrator(db, device) as orc:
         result = orc.solve(task, obj, strategy=strategy, model=model, budget=budget, base_url=base_url, **params)
-    chosen = next((c for c in result.candidates if c.answer == result.answer), None)
+    chosen = next((c for c in result.candidates if result.answer is not None and c.answer == result.answer), None)
     reason = chosen.verdict.reason if chosen and chosen.verdict else None
     usage = {**result.usage.model_dump(), "total_tokens": result.usage.total_tokens}
     if json_out:

@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from backends.errors import BadInputError
 from backends.types import Usage
@@ -40,6 +40,17 @@ class Budget(BaseModel):
     calls: int | None = None
     samples: int | None = None
     wall_seconds: float | None = None
+
+    def __init__(self, **data):
+        # pydantic wraps a validator's BadInputError in its ValidationError; surface bad
+        # limits as the BadInputError (exit code 2) that every ttc layer catches.
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+            loc = ".".join(str(p) for p in err.get("loc", ()))
+            raise BadInputError(msg if not loc or loc in msg else f"budget {loc}: {msg}") from None
 
     @field_validator("tokens", "calls", "samples", "wall_seconds")
     @classmethod
@@ -146,6 +157,11 @@ class Ledger:
             min_tokens: Smallest acceptable per-sample limit.
             dry_run: Only answer whether it would fit; hold nothing.
         """
+        if prompt_tokens < 0 or max_tokens < 1 or n < 1:
+            raise BadInputError(
+                f"a call needs prompt_tokens >= 0, max_tokens >= 1 and n >= 1, "
+                f"got {prompt_tokens}, {max_tokens}, {n}"
+            )
         min_tokens = max_tokens if min_tokens is None else max(1, min(min_tokens, max_tokens))
         with self._lock:
             b = self.budget

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from backends.base import Backend
+from backends.errors import BadInputError
 from backends.types import Generation, SamplingParams, Usage
 
 from .budget import Ledger
@@ -69,14 +70,22 @@ def call_model(
     Returns:
         The generations, what they cost and how many prompts were skipped.
     """
+    if isinstance(prompts, str):
+        raise BadInputError("call_model() takes a list of prompts, not one string")
     tracer = tracer or NullTracer()
     held, n, max_tokens = [], params.n, params.max_tokens
-    for p in prompts:
-        r = ledger.reserve(backend.count_tokens(p), max_tokens, n, min_tokens=min_tokens)
-        if r is None:
-            break
-        held.append(r)
-        n, max_tokens = min(n, r.n), min(max_tokens, r.max_tokens)
+    try:
+        for p in prompts:
+            r = ledger.reserve(backend.count_tokens(p), max_tokens, n, min_tokens=min_tokens)
+            if r is None:
+                break
+            held.append(r)
+            n, max_tokens = min(n, r.n), min(max_tokens, r.max_tokens)
+    except BaseException:
+        # count_tokens failed (a prompt too long for the context): hold nothing.
+        for r in held:
+            ledger.release(r)
+        raise
     result = CallResult(skipped=len(prompts) - len(held))
     if not held:
         return result
@@ -104,6 +113,8 @@ def call_model(
             ledger.settle(r, g.usage, samples=len(g.completions), cost=cost)
             result.usage = result.usage + g.usage
             result.cost = result.cost + cost
+        for r in held[len(gens):]:  # a backend that answered fewer prompts than sent
+            ledger.release(r)
         result.generations = gens
         reasons = sorted({c.finish_reason for g in gens for c in g.completions})
         span.record_usage(

@@ -101,18 +101,20 @@ def call_cost(
     n_params = _matmul_params(info)
     layers, d = info.layers, info.hidden_size
     attn_width = (info.attention_heads or 0) * (info.head_dim or 0) or d
-    if n_params is None:
-        return Cost(None, None, None)
-    attn = 2 * layers * attn_width if layers and attn_width else 0
     P = prompt_tokens
-    flops = 2.0 * n_params * P + attn * _context_sum(0, P)
-    for g in completion_tokens:
-        flops += 2.0 * n_params * g + attn * _context_sum(P, P + g)
 
+    # The paper's measure needs the shape only, not the parameter count.
     paper = 0.0
     for g in completion_tokens or [0]:
         one = paper_generation_flops(info, P + g)
         paper = None if one is None or paper is None else paper + one
+
+    if n_params is None:
+        return Cost(None, paper, None)
+    attn = 2 * layers * attn_width if layers and attn_width else 0
+    flops = 2.0 * n_params * P + attn * _context_sum(0, P)
+    for g in completion_tokens:
+        flops += 2.0 * n_params * g + attn * _context_sum(P, P + g)
 
     eflops = None
     if info.parameters is not None:

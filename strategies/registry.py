@@ -9,8 +9,12 @@ from collections.abc import Callable
 
 from backends.errors import BadInputError
 
+from .best_of_n import best_of_n
+from .majority_vote import majority_vote
 from .result import Result
 from .sample import sample
+from .sequential import sequential
+from .weighted_vote import weighted_vote
 
 __all__ = ["STRATEGIES", "get_strategy", "Strategy"]
 
@@ -18,6 +22,10 @@ Strategy = Callable[..., Result]
 
 STRATEGIES: dict[str, Strategy] = {
     "sample": sample,
+    "best_of_n": best_of_n,
+    "majority_vote": majority_vote,
+    "weighted_vote": weighted_vote,
+    "sequential": sequential,
 }
 
 

@@ -7,9 +7,9 @@ from typing import Any
 from backends.base import Backend
 from backends.types import SamplingParams
 
+from ._rounds import finish, sample_rounds
 from .budget import Ledger
-from .calls import call_model
-from .result import Candidate, Result
+from .result import Result
 from .tracing import Tracer
 
 __all__ = ["sample"]
@@ -39,27 +39,12 @@ def sample(
         tracer: Where spans go.
         temperature: Sampling temperature.
         seed: Sampling seed.
-        max_tokens: Token limit of the answer (default: the task's).
+        max_tokens: Token limit of the answer (default: the task's for ``fmt``).
         fmt: Prompt format of the task.
     """
-    params = SamplingParams(n=1, temperature=temperature, seed=seed, stop=tuple(task.stop),
+    params = SamplingParams(temperature=temperature, seed=seed, stop=tuple(task.stop),
                             max_tokens=max_tokens or task.max_tokens(fmt))
     with tracer.span("strategy", "sample", **{"ttc.temperature": temperature, "ttc.seed": seed}) as span:
-        call = call_model(backend, [task.prompt(problem, fmt)], params, ledger, tracer, name="sample")
-        if not call.generations:
-            span.set(**{"ttc.stop_reason": "no_budget"})
-            return Result(strategy="sample", stop_reason="no_budget", flops=0.0, paper_flops=0.0, eflops=0.0)
-        comp = call.generations[0].completions[0]
-        with tracer.span("verifier", type(verifier).__name__) as vspan:
-            verdict = verifier.verify(problem, comp.text)
-            vspan.set(**{"ttc.correct": verdict.correct, "ttc.score": verdict.score})
-            vspan.record_usage(input_tokens=verdict.usage.prompt_tokens, output_tokens=verdict.usage.completion_tokens)
-        ledger.settle(None, verdict.usage, samples=0)
-        cand = Candidate(text=comp.text, answer=verdict.answer, tokens=comp.completion_tokens,
-                         finish_reason=comp.finish_reason, verdict=verdict)
-        span.add_candidates([{"text": cand.text, "answer": cand.answer, "correct": verdict.correct,
-                              "score": verdict.score, "reason": verdict.reason, "tokens": cand.tokens}])
-        usage = call.usage + verdict.usage
-        return Result(strategy="sample", answer=verdict.answer, correct=verdict.correct, candidates=[cand],
-                      usage=usage, tokens=usage.total_tokens, flops=call.cost.flops,
-                      paper_flops=call.cost.paper_flops, eflops=call.cost.eflops, stop_reason="done")
+        rounds = sample_rounds(problem, task.prompt(problem, fmt), backend, verifier, ledger, tracer, span,
+                               params=params, n=1, round_size=1)
+        return finish("sample", rounds, rounds.candidates[0] if rounds.candidates else None, span)

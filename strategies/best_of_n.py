@@ -1,0 +1,62 @@
+"""``best_of_n``: sample, let the verifier pick the best-scored candidate.
+
+With an exact verifier this returns a verified answer whenever any sample is right. By
+default (``early_stop=True``) it samples in rounds and stops as soon as the verifier
+confirms an answer, so easy problems cost one round and hard ones use the budget: the
+adaptive baseline that compute-optimal selection (Snell et al.) must beat.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from backends.base import Backend
+from backends.types import SamplingParams
+
+from ._rounds import finish, sample_rounds
+from .budget import Ledger
+from .result import Result
+from .tracing import Tracer
+
+__all__ = ["best_of_n"]
+
+
+def best_of_n(
+    task: Any,
+    problem: dict,
+    backend: Backend,
+    verifier: Any,
+    ledger: Ledger,
+    tracer: Tracer,
+    *,
+    n: int | None = None,
+    round_size: int | None = None,
+    early_stop: bool = True,
+    temperature: float = 0.7,
+    seed: int | None = 0,
+    max_tokens: int | None = None,
+    fmt: str = "direct",
+) -> Result:
+    """Samples up to ``n`` answers and returns the one the verifier scores highest.
+
+    Args:
+        n: Samples at most (None: until the budget is spent; 16 if it is unlimited).
+        round_size: Samples per round (one shared-prefix call). Default: 4 with
+            ``early_stop``, else all ``n`` at once.
+        early_stop: Stop once the verifier confirms an answer (``correct is True``).
+        temperature, seed, max_tokens, fmt: As for ``sample``.
+    """
+    if round_size is None:
+        round_size = 4 if early_stop or n is None else n
+    params = SamplingParams(temperature=temperature, seed=seed, stop=tuple(task.stop),
+                            max_tokens=max_tokens or task.max_tokens(fmt))
+    with tracer.span("strategy", "best_of_n", **{"ttc.n": n, "ttc.round_size": round_size,
+                                                  "ttc.early_stop": early_stop, "ttc.temperature": temperature}) as span:
+        rounds = sample_rounds(
+            problem, task.prompt(problem, fmt), backend, verifier, ledger, tracer, span, params=params, n=n,
+            round_size=round_size,
+            stop_when=(lambda cands: any(c.verdict.correct is True for c in cands)) if early_stop else None,
+        )
+        # Highest score wins; among equals, the earliest sample (stable and seed-reproducible).
+        chosen = max(rounds.candidates, key=lambda c: c.verdict.score, default=None)
+        return finish("best_of_n", rounds, chosen, span)

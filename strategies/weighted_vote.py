@@ -1,0 +1,62 @@
+"""``weighted_vote``: verifier scores summed per distinct answer; the heaviest answer wins.
+
+Between best-of-n (one high score wins) and majority vote (every vote weighs 1): with a
+soft verifier (a judge's probability) agreement among good candidates adds up.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from backends.base import Backend
+from backends.types import SamplingParams
+
+from ._rounds import answer_key, finish, sample_rounds
+from .budget import Ledger
+from .result import Result
+from .tracing import Tracer
+
+__all__ = ["weighted_vote"]
+
+
+def weighted_vote(
+    task: Any,
+    problem: dict,
+    backend: Backend,
+    verifier: Any,
+    ledger: Ledger,
+    tracer: Tracer,
+    *,
+    n: int | None = 16,
+    round_size: int | None = None,
+    temperature: float = 0.7,
+    seed: int | None = 0,
+    max_tokens: int | None = None,
+    fmt: str = "direct",
+) -> Result:
+    """Samples up to ``n`` answers; returns the answer with the largest summed score.
+
+    Args:
+        n: Samples at most (None: until the budget is spent).
+        round_size: Samples per call (default: all of ``n`` at once, 4 when ``n`` is None).
+        temperature, seed, max_tokens, fmt: As for ``sample``.
+    """
+    params = SamplingParams(temperature=temperature, seed=seed, stop=tuple(task.stop),
+                            max_tokens=max_tokens or task.max_tokens(fmt))
+    with tracer.span("strategy", "weighted_vote", **{"ttc.n": n, "ttc.temperature": temperature}) as span:
+        rounds = sample_rounds(problem, task.prompt(problem, fmt), backend, verifier, ledger, tracer, span,
+                               params=params, n=n, round_size=round_size or n or 4)
+        weight: dict[str, float] = defaultdict(float)
+        first: dict[str, int] = {}
+        for i, c in enumerate(rounds.candidates):
+            key = answer_key(verifier, c)
+            if key is not None:
+                weight[key] += c.verdict.score
+                first.setdefault(key, i)
+        chosen = None
+        if weight:
+            best = max(weight, key=lambda k: (weight[k], -first[k]))
+            chosen = rounds.candidates[first[best]]
+            span.set(**{"ttc.weight": weight[best], "ttc.distinct_answers": len(weight)})
+        return finish("weighted_vote", rounds, chosen, span)
