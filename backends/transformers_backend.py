@@ -42,7 +42,22 @@ def checkpoint_digest(path: str | Path) -> str:
 def _pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise BadInputError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BadInputError(f"device {device!r} asked for, but no CUDA GPU is available here")
+    return dev
+
+
+def _pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    value = getattr(torch, dtype, None) if isinstance(dtype, str) else None
+    if not isinstance(value, torch.dtype):
+        raise BadInputError(f"unknown dtype {dtype!r}: use float32, float16 or bfloat16")
+    return value
 
 
 class TransformersBackend:
@@ -75,9 +90,7 @@ class TransformersBackend:
             raise CheckpointError(f"{self.path} is not a checkpoint directory (no config.json)")
         self.name = name or self.path.name
         self.device = _pick_device(device)
-        torch_dtype = getattr(torch, dtype) if dtype else (
-            torch.float32 if self.device.type == "cpu" else torch.bfloat16
-        )
+        torch_dtype = _pick_dtype(dtype, self.device)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.path)
             self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch_dtype)
@@ -89,6 +102,7 @@ class TransformersBackend:
         params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._eos_ids = self._eos_token_ids()
+        self._special_ids = set(self.tokenizer.all_special_ids)
         self._pad_id = self.tokenizer.pad_token_id
         if self._pad_id is None:
             self._pad_id = next(iter(self._eos_ids), 0)
@@ -110,10 +124,13 @@ class TransformersBackend:
         encoded = [self._encode(p) for p in prompts]
         per_chunk = max(1, MAX_BATCH_ROWS // params.n)
         out: list[Generation] = []
-        for start in range(0, len(encoded), per_chunk):
+        for i, start in enumerate(range(0, len(encoded), per_chunk)):
             chunk = encoded[start : start + per_chunk]
             t0 = time.perf_counter()
-            decoder = _Decoder(self, chunk, params)
+            # Each chunk draws from its own seeded stream, so chunks are not copies of each other.
+            chunk_params = params if params.seed is None or i == 0 else params.model_copy(
+                update={"seed": params.seed + 1_000_003 * i})
+            decoder = _Decoder(self, chunk, chunk_params)
             while decoder.step():
                 pass
             latency = time.perf_counter() - t0
@@ -164,7 +181,13 @@ class TransformersBackend:
     def _read_info(self) -> ModelInfo:
         cfg = self.model.config
         total = sum(p.numel() for p in self.model.parameters())
-        embed = self.model.get_input_embeddings().weight.numel()
+        in_embed = self.model.get_input_embeddings().weight
+        embed = in_embed.numel()
+        # The input lookup costs no matmul, but an output head tied to it does (see
+        # strategies/cost.py); parameters() lists a tied weight once, so add it back.
+        out_embed = self.model.get_output_embeddings()
+        if out_embed is not None and out_embed.weight.data_ptr() == in_embed.data_ptr():
+            embed -= out_embed.weight.numel()
         heads = getattr(cfg, "num_attention_heads", None)
         hidden = getattr(cfg, "hidden_size", None)
         head_dim = getattr(cfg, "head_dim", None) or (hidden // heads if hidden and heads else None)
@@ -210,7 +233,9 @@ class _Decoder:
         self.logprobs: list[list[float]] = [[] for _ in range(rows)]
         self.finish: list[str | None] = [None] * rows
         self.stop_hit: list[bool] = [False] * rows
-        self.max_stop = max((len(s) for s in params.stop), default=0)
+        # In UTF-8 bytes: every token that is not special decodes to at least one byte,
+        # so a stop string of k bytes spans at most k such tokens (a character may not).
+        self.max_stop = max((len(s.encode("utf-8")) for s in params.stop), default=0)
 
         # Prefill every prompt once, left-padded to a common length.
         width = max(self.prompt_lens)
@@ -301,8 +326,15 @@ class _Decoder:
         return tok, lp
 
     def _hits_stop(self, row: int) -> bool:
-        # A stop string of k characters spans at most k tokens: decode only that tail.
-        tail = self.b.tokenizer.decode(self.tokens[row][-(self.max_stop + 1) :], skip_special_tokens=True)
+        # A stop string of k bytes spans at most k non-special tokens: decode only that
+        # tail plus one token of left context. Special tokens decode to nothing, so they
+        # do not count towards the tail.
+        ids, special = self.tokens[row], self.b._special_ids
+        start, real = len(ids), 0
+        while start > 0 and real <= self.max_stop:
+            start -= 1
+            real += ids[start] not in special
+        tail = self.b.tokenizer.decode(ids[start:], skip_special_tokens=True)
         return any(s in tail for s in self.params.stop)
 
     def text(self, row: int) -> str:

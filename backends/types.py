@@ -4,16 +4,33 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import BadInputError
 
-__all__ = ["SamplingParams", "Completion", "Generation", "Usage", "ModelInfo", "FinishReason"]
+__all__ = ["SamplingParams", "Completion", "Generation", "Usage", "ModelInfo", "FinishReason", "UserInput"]
 
 FinishReason = Literal["stop", "length"]
 
 
-class SamplingParams(BaseModel):
+class UserInput(BaseModel):
+    """A record built from user input: an invalid field raises BadInputError (exit code 2).
+
+    pydantic wraps errors raised in validators into its own ValidationError; callers of
+    ttc catch TTCError, so the first problem is re-raised as one BadInputError line.
+    """
+
+    def __init__(self, **data):
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+            loc = ".".join(str(p) for p in err.get("loc", ()))
+            raise BadInputError(msg if not loc or loc in msg else f"{loc}: {msg}") from None
+
+
+class SamplingParams(UserInput):
     """How to sample. Mirrors the OpenAI request fields so that bodies map one to one.
 
     Attributes:

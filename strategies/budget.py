@@ -14,22 +14,22 @@ import threading
 import time
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from backends.errors import BadInputError
-from backends.types import Usage
+from backends.types import Usage, UserInput
 
 from .cost import Cost
 
 __all__ = ["Budget", "Ledger", "Reservation", "Spend"]
 
 
-class Budget(BaseModel):
+class Budget(UserInput):
     """Limits on what a solve may spend. None means unlimited in that unit.
 
     Attributes:
         tokens: Prompt tokens prefilled plus tokens generated (the default unit).
-        calls: Model calls (one call may hold several prompts or samples).
+        calls: Model calls, one per prompt sent (its n samples share the call).
         samples: Completions sampled.
         wall_seconds: Elapsed time since the ledger opened; checked before each call.
     """
@@ -40,17 +40,6 @@ class Budget(BaseModel):
     calls: int | None = None
     samples: int | None = None
     wall_seconds: float | None = None
-
-    def __init__(self, **data):
-        # pydantic wraps a validator's BadInputError in its ValidationError; surface bad
-        # limits as the BadInputError (exit code 2) that every ttc layer catches.
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-            loc = ".".join(str(p) for p in err.get("loc", ()))
-            raise BadInputError(msg if not loc or loc in msg else f"budget {loc}: {msg}") from None
 
     @field_validator("tokens", "calls", "samples", "wall_seconds")
     @classmethod
