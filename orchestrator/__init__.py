@@ -1,5 +1,5 @@
 """The controller layer: Python API, CLI (`ttc`), benchmarks."""
 
-from .api import GenerateResult, Orchestrator
+from .api import EvalReport, GenerateResult, Orchestrator
 
-__all__ = ["GenerateResult", "Orchestrator"]
+__all__ = ["EvalReport", "GenerateResult", "Orchestrator"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -31,7 +31,7 @@ from tasks.registry import get_task
 from .models import load_backend
 from .tracing import StoreTracer, one_line
 
-__all__ = ["Orchestrator", "GenerateResult"]
+__all__ = ["Orchestrator", "GenerateResult", "EvalReport"]
 
 
 class GenerateResult(BaseModel):
@@ -62,6 +62,65 @@ def _check_params(name: str, fn: Any, params: dict[str, Any]) -> None:
     if unknown:
         raise BadInputError(f"strategy {name!r} takes no parameter {', '.join(unknown)}; "
                             f"it takes: {', '.join(accepted) or 'none'}")
+
+
+def _parse_problem(task_obj, problem: dict | str) -> dict:
+    if isinstance(problem, str):
+        try:
+            problem = json.loads(problem)
+        except json.JSONDecodeError as exc:
+            raise BadInputError(f"problem is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})") from None
+    return task_obj.parse_problem(problem)
+
+
+def _outcome(result: Result) -> dict[str, Any]:
+    return {"answer": result.answer, "correct": result.correct, "tokens": result.tokens, "flops": result.flops,
+            "paper_flops": result.paper_flops, "eflops": result.eflops, "stop_reason": result.stop_reason,
+            "candidates": len(result.candidates)}
+
+
+class EvalReport(BaseModel):
+    """Accuracy of a strategy over problems, with what it cost.
+
+    Attributes:
+        accuracy: Share of problems whose chosen answer the verifier judged correct.
+        ci95: Wilson 95% interval of ``accuracy``.
+        usage: Token totals over all problems; ``tokens`` is their sum.
+        problems: One row per problem: id, answer, correct, tokens, stop reason.
+    """
+
+    task: str
+    strategy: str
+    model: str
+    n_problems: int
+    n_correct: int
+    accuracy: float
+    ci95: list[float]
+    usage: Usage
+    tokens: int
+    mean_tokens: float
+    flops: float | None
+    paper_flops: float | None
+    eflops: float | None
+    trace_id: str
+    problems: list[dict[str, Any]]
+
+    @classmethod
+    def from_results(cls, task, strategy, model, problems, results, trace_id) -> "EvalReport":
+        from .bench.common import wilson_ci95
+
+        def total(field):
+            values = [getattr(r, field) for r in results]
+            return None if any(v is None for v in values) else float(sum(values))
+
+        usage = sum((r.usage for r in results), Usage())
+        n_correct = sum(r.correct is True for r in results)
+        rows = [{"id": p["id"], "answer": r.answer, "correct": r.correct, "tokens": r.tokens,
+                 "stop_reason": r.stop_reason} for p, r in zip(problems, results)]
+        return cls(task=task, strategy=strategy, model=model, n_problems=len(results), n_correct=n_correct,
+                   accuracy=n_correct / len(results), ci95=wilson_ci95(n_correct, len(results)), usage=usage,
+                   tokens=usage.total_tokens, mean_tokens=usage.total_tokens / len(results), flops=total("flops"),
+                   paper_flops=total("paper_flops"), eflops=total("eflops"), trace_id=trace_id, problems=rows)
 
 
 class Orchestrator:
@@ -136,26 +195,79 @@ class Orchestrator:
         Raises:
             BadInputError: Unknown task, strategy or parameter; a malformed problem.
         """
-        task_obj = get_task(task)
-        if isinstance(problem, str):
-            try:
-                problem = json.loads(problem)
-            except json.JSONDecodeError as exc:
-                raise BadInputError(f"problem is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})") from None
-        problem = task_obj.parse_problem(problem)
-        run_strategy = get_strategy(strategy)
-        _check_params(strategy, run_strategy, params)
-        if model is None:
-            model = task_obj.default_model
-        backend = model if not isinstance(model, str) else self.backend(model, base_url=base_url)
-        ledger = Ledger(budget)
+        task_obj, run_strategy = self._prepare(task, strategy, params)
+        problem = _parse_problem(task_obj, problem)
+        backend = self._backend_for(task_obj, model, base_url)
         with self.run("solve", f"{task}/{strategy}", task=task, strategy=strategy, model=backend.name,
                       problem=problem, budget=(budget or Budget()).model_dump(exclude_none=True)) as tracer:
-            result = run_strategy(task_obj, problem, backend, task_obj.verifier, ledger, tracer, **params)
-            result.trace_id = tracer.trace_id
-            tracer.outcome.update(answer=result.answer, correct=result.correct, tokens=result.tokens,
-                                  flops=result.flops, paper_flops=result.paper_flops, eflops=result.eflops,
-                                  stop_reason=result.stop_reason, candidates=len(result.candidates))
+            result = self._run_strategy(tracer, task_obj, run_strategy, backend, problem, budget, params)
+            tracer.outcome.update(_outcome(result))
+        return result
+
+    def evaluate(
+        self,
+        task: str,
+        problems: Sequence[dict],
+        *,
+        strategy: str = "sample",
+        model: str | Backend | None = None,
+        budget: Budget | None = None,
+        base_url: str | None = None,
+        on_problem: Callable[[int, Result], None] | None = None,
+        **params: Any,
+    ) -> "EvalReport":
+        """Runs a strategy over problems (each with its own ``budget``) as one traced run.
+
+        Args:
+            task, strategy, model, budget, base_url, **params: As for :meth:`solve`.
+            problems: Problem dicts (validated by the task).
+            on_problem: Called after each problem with its index and Result (progress bars).
+
+        Returns:
+            Accuracy with its Wilson 95% interval, usage and compute totals, per-problem rows.
+        """
+        task_obj, run_strategy = self._prepare(task, strategy, params)
+        parsed = [_parse_problem(task_obj, p) for p in problems]
+        if not parsed:
+            raise BadInputError("no problems to evaluate")
+        backend = self._backend_for(task_obj, model, base_url)
+        results: list[Result] = []
+        with self.run("eval", f"{task}/{strategy}", task=task, strategy=strategy, model=backend.name,
+                      n_problems=len(parsed), params=params,
+                      budget=(budget or Budget()).model_dump(exclude_none=True)) as tracer:
+            for i, problem in enumerate(parsed):
+                with tracer.span("problem", str(problem["id"]), problem=problem) as span:
+                    result = self._run_strategy(tracer, task_obj, run_strategy, backend, problem, budget, params)
+                    span.set(**_outcome(result))
+                results.append(result)
+                if on_problem is not None:
+                    on_problem(i, result)
+            report = EvalReport.from_results(task, strategy, backend.name, parsed, results, tracer.trace_id)
+            tracer.outcome.update(accuracy=report.accuracy, ci95=report.ci95, n_problems=report.n_problems,
+                                  tokens=report.tokens, flops=report.flops)
+        return report
+
+    @staticmethod
+    def _prepare(task: str, strategy: str, params: dict[str, Any]):
+        # Names and parameters are checked before any model is loaded: bad input fails fast.
+        task_obj = get_task(task)
+        run_strategy = get_strategy(strategy)
+        _check_params(strategy, run_strategy, params)
+        return task_obj, run_strategy
+
+    def _backend_for(self, task_obj, model: str | Backend | None, base_url: str | None) -> Backend:
+        model = task_obj.default_model if model is None else model
+        return model if not isinstance(model, str) else self.backend(model, base_url=base_url)
+
+    @staticmethod
+    def _run_strategy(tracer, task_obj, run_strategy, backend, problem, budget, params) -> Result:
+        ledger = Ledger(budget)
+        result = run_strategy(task_obj, problem, backend, task_obj.verifier, ledger, tracer, **params)
+        # The ledger refuses calls that could overshoot; a backend that ignored its
+        # max_tokens is the only way past it, and the trace must say so.
+        if ledger.overdrawn:
+            tracer.outcome["overdrawn"] = True
+        result.trace_id = tracer.trace_id
         return result
 
     def generate(

@@ -23,6 +23,7 @@ from strategies.budget import Budget
 
 from ._cli_common import DbOption, JsonOption, emit_json, read_text_arg, stderr, stdout
 from ._cli_models import models_app
+from ._cli_solve import evaluate, solve
 
 __all__ = ["app", "main"]
 
@@ -102,64 +103,10 @@ def generate(
     stdout.print(f"trace: {out.trace_id}")
 
 
-# ---------------------------------------------------------------------- solve
+# ---------------------------------------------------------------------- solve and eval
 
-
-def read_problem(value: str) -> dict:
-    """``--problem``: inline JSON or ``@file.json``."""
-    import json
-
-    text = read_text_arg(value, "problem")
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadInputError(f"--problem is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})") from None
-    if not isinstance(obj, dict):
-        raise BadInputError("--problem must be a JSON object")
-    return obj
-
-
-@app.command()
-def solve(
-    task: Annotated[str, typer.Option("--task", help="Task family, e.g. countdown.")],
-    problem: Annotated[str, typer.Option("--problem", help='Inline JSON or @file.json, e.g. {"numbers": [3, 5, 7], "target": 22}.')],
-    strategy: Annotated[str, typer.Option("--strategy", "-s", help="Registry name of the strategy.")] = "sample",
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Built-in name or checkpoint dir (default: the task's).")] = None,
-    temperature: Annotated[float | None, typer.Option("--temperature", "-t")] = None,
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
-    max_tokens: Annotated[int | None, typer.Option("--max-tokens")] = None,
-    budget_tokens: Annotated[int | None, typer.Option("--budget-tokens", help="Token budget for the whole solve.")] = None,
-    base_url: Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint serving --model.")] = None,
-    device: Annotated[str, typer.Option("--device")] = "auto",
-    db: DbOption = None,
-    json_out: JsonOption = False,
-) -> None:
-    """Solve one problem with a strategy and a model; the run lands in the trace store."""
-    obj = read_problem(problem)
-    budget = Budget(tokens=budget_tokens)
-    params = {k: v for k, v in {"temperature": temperature, "seed": seed, "max_tokens": max_tokens}.items()
-              if v is not None}
-    with _orchestrator(db, device) as orc:
-        result = orc.solve(task, obj, strategy=strategy, model=model, budget=budget, base_url=base_url, **params)
-    chosen = next((c for c in result.candidates if result.answer is not None and c.answer == result.answer), None)
-    reason = chosen.verdict.reason if chosen and chosen.verdict else None
-    usage = {**result.usage.model_dump(), "total_tokens": result.usage.total_tokens}
-    if json_out:
-        emit_json({"task": task, "strategy": result.strategy, "answer": result.answer, "correct": result.correct,
-                   "reason": reason, "usage": usage, "tokens": result.tokens, "flops": result.flops,
-                   "paper_flops": result.paper_flops, "eflops": result.eflops, "stop_reason": result.stop_reason,
-                   "trace_id": result.trace_id,
-                   "candidates": [{"text": c.text, "answer": c.answer, "tokens": c.tokens,
-                                   "correct": c.verdict.correct if c.verdict else None} for c in result.candidates]})
-        return
-    if result.stop_reason == "no_budget":
-        stdout.print("[yellow]the budget cannot hold even one sample: no answer[/]")
-    else:
-        mark = {True: "[green]correct[/]", False: "[red]wrong[/]", None: "[yellow]unchecked[/]"}[result.correct]
-        stdout.print(f"answer: {result.answer!r}  {mark}" + (f" ({reason})" if reason else ""))
-    stdout.print(f"usage: {usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion = "
-                 f"{usage['total_tokens']} tokens")
-    stdout.print(f"trace: {result.trace_id}")
+app.command("solve")(solve)
+app.command("eval")(evaluate)
 
 
 # ---------------------------------------------------------------------- traces

@@ -1,0 +1,151 @@
+"""``ttc solve`` and ``ttc eval``: a strategy on one problem, or over a problem file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from backends.errors import BadInputError
+from strategies.budget import Budget
+
+from ._cli_common import DbOption, JsonOption, emit_json, read_text_arg, stderr, stdout
+from ._cli_models import read_problems_file
+
+__all__ = ["solve", "evaluate", "read_problem", "strategy_params"]
+
+StrategyOpt = Annotated[str, typer.Option("--strategy", "-s", help="Registry name of the strategy.")]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Built-in name or checkpoint dir (default: the task's).")]
+TempOpt = Annotated[float | None, typer.Option("--temperature", "-t", help="Sampling temperature.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Sampling seed.")]
+NOpt = Annotated[int | None, typer.Option("-n", "--n", help="Samples at most (parallel strategies).")]
+MaxTokOpt = Annotated[int | None, typer.Option("--max-tokens", help="Tokens per sample / trace length L.")]
+ParamOpt = Annotated[list[str] | None, typer.Option("--param", "-P", help="Other strategy parameter KEY=VALUE (JSON value); repeatable.")]
+BudgetOpt = Annotated[int | None, typer.Option("--budget-tokens", help="Token budget per problem.")]
+BaseUrlOpt = Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint serving --model.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+
+
+def read_problem(value: str) -> dict:
+    """``--problem``: inline JSON or ``@file.json``."""
+    text = read_text_arg(value, "problem")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInputError(f"--problem is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})") from None
+    if not isinstance(obj, dict):
+        raise BadInputError("--problem must be a JSON object")
+    return obj
+
+
+def strategy_params(temperature, seed, n, max_tokens, extra: list[str] | None) -> dict[str, Any]:
+    """Strategy keyword parameters from the common flags plus ``--param KEY=VALUE``."""
+    params = {k: v for k, v in {"temperature": temperature, "seed": seed, "n": n, "max_tokens": max_tokens}.items()
+              if v is not None}
+    for item in extra or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise BadInputError(f"--param expects KEY=VALUE, got {item!r}")
+        try:
+            params[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key.strip()] = raw  # a bare word is a string
+    return params
+
+
+def _orchestrator(db: str | None, device: str = "auto"):
+    from .api import Orchestrator
+
+    return Orchestrator(db=db, device=device)
+
+
+def solve(
+    task: Annotated[str, typer.Option("--task", help="Task family, e.g. countdown.")],
+    problem: Annotated[str, typer.Option("--problem", help='Inline JSON or @file.json, e.g. {"numbers": [3, 5, 7], "target": 22}.')],
+    strategy: StrategyOpt = "sample",
+    model: ModelOpt = None,
+    temperature: TempOpt = None,
+    seed: SeedOpt = None,
+    n: NOpt = None,
+    max_tokens: MaxTokOpt = None,
+    param: ParamOpt = None,
+    budget_tokens: BudgetOpt = None,
+    base_url: BaseUrlOpt = None,
+    device: DeviceOpt = "auto",
+    db: DbOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Solve one problem with a strategy and a model; the run lands in the trace store."""
+    obj = read_problem(problem)
+    budget = Budget(tokens=budget_tokens)
+    params = strategy_params(temperature, seed, n, max_tokens, param)
+    with _orchestrator(db, device) as orc:
+        result = orc.solve(task, obj, strategy=strategy, model=model, budget=budget, base_url=base_url, **params)
+    chosen = next((c for c in result.candidates if result.answer is not None and c.answer == result.answer), None)
+    reason = chosen.verdict.reason if chosen and chosen.verdict else None
+    usage = {**result.usage.model_dump(), "total_tokens": result.usage.total_tokens}
+    if json_out:
+        emit_json({"task": task, "strategy": result.strategy, "answer": result.answer, "correct": result.correct,
+                   "reason": reason, "usage": usage, "tokens": result.tokens, "flops": result.flops,
+                   "paper_flops": result.paper_flops, "eflops": result.eflops, "stop_reason": result.stop_reason,
+                   "trace_id": result.trace_id,
+                   "candidates": [{"text": c.text, "answer": c.answer, "tokens": c.tokens,
+                                   "correct": c.verdict.correct if c.verdict else None} for c in result.candidates]})
+        return
+    if result.stop_reason == "no_budget":
+        stdout.print("[yellow]the budget cannot hold even one sample: no answer[/]")
+    else:
+        mark = {True: "[green]correct[/]", False: "[red]wrong[/]", None: "[yellow]unchecked[/]"}[result.correct]
+        stdout.print(f"answer: {result.answer!r}  {mark}" + (f" ({reason})" if reason else "")
+                     + f"  [{len(result.candidates)} candidate(s), {result.stop_reason}]")
+    stdout.print(f"usage: {usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion = "
+                 f"{usage['total_tokens']} tokens")
+    stdout.print(f"trace: {result.trace_id}")
+
+
+def evaluate(
+    task: Annotated[str, typer.Option("--task", help="Task family, e.g. countdown.")],
+    problems: Annotated[Path, typer.Option("--problems", help="JSONL file, one problem per line.")],
+    strategy: StrategyOpt = "sample",
+    model: ModelOpt = None,
+    temperature: TempOpt = None,
+    seed: SeedOpt = None,
+    n: NOpt = None,
+    max_tokens: MaxTokOpt = None,
+    param: ParamOpt = None,
+    budget_tokens: BudgetOpt = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use the first N problems only.")] = None,
+    base_url: BaseUrlOpt = None,
+    device: DeviceOpt = "auto",
+    db: DbOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Run a strategy over a problem file: accuracy with its 95% interval, and what it cost."""
+    from tasks.registry import get_task
+
+    loaded = read_problems_file(problems, get_task(task))[:limit]
+    budget = Budget(tokens=budget_tokens)
+    params = strategy_params(temperature, seed, n, max_tokens, param)
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("correct {task.fields[ok]}"), TimeElapsedColumn(), console=stderr)
+    with _orchestrator(db, device) as orc, bar:
+        tid = bar.add_task(f"{task}/{strategy}", total=len(loaded), ok=0)
+        solved = [0]
+
+        def tick(i, result):
+            solved[0] += result.correct is True
+            bar.update(tid, advance=1, ok=solved[0])
+
+        report = orc.evaluate(task, loaded, strategy=strategy, model=model, budget=budget, base_url=base_url,
+                              on_problem=tick, **params)
+    if json_out:
+        emit_json(report)
+        return
+    lo, hi = report.ci95
+    stdout.print(f"{report.strategy} on {report.n_problems} {task} problems with {report.model}: "
+                 f"accuracy {report.accuracy:.1%} (95% CI {lo:.1%}-{hi:.1%}), "
+                 f"{report.mean_tokens:.0f} tokens per problem")
+    stdout.print(f"trace: {report.trace_id}")
