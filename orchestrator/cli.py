@@ -227,6 +227,26 @@ def bench_throughput(
                  f"written to {result['files']['json']}")
 
 
+@bench_app.command("overhead")
+def bench_overhead(
+    quick: Annotated[bool, typer.Option("--quick", help="Fewer problems and runs (minutes at most).")] = False,
+    model: Annotated[str | None, typer.Option("--model", help="Checkpoint (default: the CountDown direct model).")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where the JSON goes.")] = Path("bench/results"),
+    json_out: JsonOption = False,
+) -> None:
+    """Orchestrated, traced best-of-16 vs a hand-written loop making the same backend calls."""
+    from .bench.overhead import run_overhead
+
+    result = run_overhead(quick=quick, model=model, out_dir=out_dir, progress=stderr)
+    if json_out:
+        emit_json(result)
+        return
+    m = result["modes"]
+    stdout.print(f"hand-written {m['hand_written']['wall_s_median']:.3f}s, orchestrated "
+                 f"{m['orchestrated']['wall_s_median']:.3f}s (median of {result['runs']}): "
+                 f"ratio {result['ratio']:.3f}; written to {result['files']['json']}")
+
+
 @app.command()
 def demo(db: DbOption = None, json_out: JsonOption = False) -> None:
     """Run the main job on built-in defaults: a built-in model on a few problems, traced."""

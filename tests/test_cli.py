@@ -173,3 +173,29 @@ def test_models_eval_names_the_bad_line(capsys, tmp_path, tiny_checkpoint):
     assert code == 2 and f"{problems}:2:" in err
     code, _, err = ttc(capsys, "models", "train", "no-such-recipe")
     assert code == 2 and "valid recipes" in err
+
+
+def test_eval_reports_accuracy_with_ci_and_traces_each_problem(capsys, tmp_path, tiny_checkpoint, sqlite_url):
+    problems = tmp_path / "p.jsonl"
+    problems.write_text('{"id": "a", "numbers": [3, 5, 7], "target": 22}\n{"id": "b", "numbers": [2, 4], "target": 8}\n')
+    code, out, _ = ttc(capsys, "eval", "--task", "countdown", "--problems", str(problems), "--strategy", "best_of_n",
+                       "-n", "2", "--max-tokens", "12", "--budget-tokens", "200", "--model", tiny_checkpoint,
+                       "--db", sqlite_url, "--json")
+    assert code == 0
+    rep = one_json(out)
+    assert rep["n_problems"] == 2 and 0.0 <= rep["accuracy"] <= 1.0
+    lo, hi = rep["ci95"]
+    assert 0.0 <= lo <= rep["accuracy"] <= hi <= 1.0
+    assert rep["usage"]["prompt_tokens"] > 0 and rep["tokens"] <= 2 * 200
+    assert [p["id"] for p in rep["problems"]] == ["a", "b"]
+    code, out, _ = ttc(capsys, "traces", "show", rep["trace_id"], "--db", sqlite_url, "--json")
+    spans = one_json(out)["spans"]
+    assert [s["name"] for s in spans if s["kind"] == "problem"] == ["a", "b"]
+
+
+def test_eval_bad_param_is_bad_input(capsys, tmp_path, tiny_checkpoint):
+    problems = tmp_path / "p.jsonl"
+    problems.write_text('{"numbers": [3, 5, 7], "target": 22}\n')
+    code, _, err = ttc(capsys, "eval", "--task", "countdown", "--problems", str(problems), "-P", "beam=3",
+                       "--model", tiny_checkpoint)
+    assert code == 2 and "takes no parameter beam" in err
