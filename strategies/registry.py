@@ -14,6 +14,7 @@ from .majority_vote import majority_vote
 from .result import Result
 from .sample import sample
 from .sequential import sequential
+from .tree_search import tree_search
 from .weighted_vote import weighted_vote
 
 __all__ = ["STRATEGIES", "get_strategy", "Strategy"]
@@ -26,6 +27,7 @@ STRATEGIES: dict[str, Strategy] = {
     "majority_vote": majority_vote,
     "weighted_vote": weighted_vote,
     "sequential": sequential,
+    "tree_search": tree_search,
 }
 
 

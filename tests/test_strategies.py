@@ -120,5 +120,8 @@ def test_each_strategy_runs_on_a_real_model(name, tiny_checkpoint):
         params["n"] = 4
     result = get_strategy(name)(COUNTDOWN, PROBLEM, backend, COUNTDOWN.verifier, ledger, NullTracer(), **params)
     assert ledger.spent.tokens <= 600 and result.tokens == ledger.spent.tokens
-    assert result.candidates and all(c.verdict is not None for c in result.candidates)
+    # Random weights never write a legal CountDown step, so tree_search (which verifies
+    # only complete answers) honestly ends without candidates on this model.
+    assert (result.candidates or name == "tree_search") and all(c.verdict is not None for c in result.candidates)
     assert result.flops > 0 and result.paper_flops > 0 and result.eflops > result.flops
+    assert result.stop_reason in ("done", "budget", "verified")

@@ -16,6 +16,7 @@ from verifiers.countdown import CountdownVerifier
 from .formats import END, follows_hint, hint_for, prompt, search_trace
 from .generate import HELD_OUT_TARGETS, SPLITS, make_problems, split_of
 from .solver import format_steps, solvable, solve
+from .steps import CountdownSteps
 
 __all__ = [
     "COUNTDOWN",
@@ -50,6 +51,9 @@ class CountdownTask:
 
     #: The model ``ttc solve`` uses when none is named.
     default_model = "countdown-direct"
+
+    #: Step structure of direct answers, for ``tree_search`` (constraint checks only, no solver).
+    steps = CountdownSteps()
 
     def __init__(self) -> None:
         self.verifier = CountdownVerifier()
