@@ -227,6 +227,38 @@ def bench_throughput(
                  f"written to {result['files']['json']}")
 
 
+@bench_app.command("backtrack-vs-parallel")
+def bench_backtrack(
+    task: Annotated[str, typer.Option("--task", help="countdown or sudoku.")],
+    quick: Annotated[bool, typer.Option("--quick", help="40 problems, n up to 64, two tree-search budgets.")] = False,
+    n_problems: Annotated[int | None, typer.Option("--problems", min=1, help="Held-out problems (default 200, quick 40).")] = None,
+    direct_model: Annotated[str | None, typer.Option("--direct-model", help="Default: TASK-direct.")] = None,
+    search_model: Annotated[str | None, typer.Option("--search-model", help="Default: TASK-search.")] = None,
+    tree_search: Annotated[bool, typer.Option("--tree-search/--no-tree-search")] = True,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where the JSON and plot go.")] = Path("bench/results"),
+    json_out: JsonOption = False,
+) -> None:
+    """Accuracy vs compute: direct model best-of-n vs search model traces vs tree search, paper FLOPs."""
+    from .bench.backtrack import run_backtrack_vs_parallel
+
+    r = run_backtrack_vs_parallel(task=task, quick=quick, n_problems=n_problems, direct_model=direct_model,
+                                  search_model=search_model, with_tree_search=tree_search, out_dir=out_dir,
+                                  progress=stderr)
+    if json_out:
+        emit_json(r)
+        return
+    for name, pts in r["curves"].items():
+        table = Table("budget FLOPs", "tokens", "solved", "95% CI", title=name)
+        for p in pts:
+            table.add_row(f"{p['budget_flops']:.3g}", f"{p['budget_tokens']:.0f}", f"{p['accuracy']:.1%}",
+                          f"{p['ci95'][0]:.1%}-{p['ci95'][1]:.1%}")
+        stdout.print(table)
+    paper = r["paper"] or {}
+    stdout.print(f"paper ({paper.get('model_size')}): backtracking {paper.get('backtracking')} vs direct {paper.get('direct')}")
+    stdout.print(f"winner at the largest common compute: {r['winner_at_max_budget']}; "
+                 f"search scales with L: {r['search_scales']}; written to {r['files']['json']}")
+
+
 @bench_app.command("overhead")
 def bench_overhead(
     quick: Annotated[bool, typer.Option("--quick", help="Fewer problems and runs (minutes at most).")] = False,
