@@ -73,6 +73,11 @@ def _parse_problem(task_obj, problem: dict | str) -> dict:
     return task_obj.parse_problem(problem)
 
 
+def _jsonable_params(params: dict[str, Any]) -> dict[str, Any]:
+    # Objects handed to a strategy (a policy, a backend) are not part of its parameters' record.
+    return {k: v for k, v in params.items() if k not in ("policy", "search_backend")}
+
+
 def _outcome(result: Result) -> dict[str, Any]:
     return {"answer": result.answer, "correct": result.correct, "tokens": result.tokens, "flops": result.flops,
             "paper_flops": result.paper_flops, "eflops": result.eflops, "stop_reason": result.stop_reason,
@@ -198,6 +203,7 @@ class Orchestrator:
         task_obj, run_strategy = self._prepare(task, strategy, params)
         problem = _parse_problem(task_obj, problem)
         backend = self._backend_for(task_obj, model, base_url)
+        params = self._auto_params(strategy, task, backend, params)
         with self.run("solve", f"{task}/{strategy}", task=task, strategy=strategy, model=backend.name,
                       problem=problem, budget=(budget or Budget()).model_dump(exclude_none=True)) as tracer:
             result = self._run_strategy(tracer, task_obj, run_strategy, backend, problem, budget, params)
@@ -231,9 +237,10 @@ class Orchestrator:
         if not parsed:
             raise BadInputError("no problems to evaluate")
         backend = self._backend_for(task_obj, model, base_url)
+        params = self._auto_params(strategy, task, backend, params)
         results: list[Result] = []
         with self.run("eval", f"{task}/{strategy}", task=task, strategy=strategy, model=backend.name,
-                      n_problems=len(parsed), params=params,
+                      n_problems=len(parsed), params=_jsonable_params(params),
                       budget=(budget or Budget()).model_dump(exclude_none=True)) as tracer:
             for i, problem in enumerate(parsed):
                 with tracer.span("problem", str(problem["id"]), problem=problem) as span:
@@ -258,6 +265,18 @@ class Orchestrator:
     def _backend_for(self, task_obj, model: str | Backend | None, base_url: str | None) -> Backend:
         model = task_obj.default_model if model is None else model
         return model if not isinstance(model, str) else self.backend(model, base_url=base_url)
+
+    def _auto_params(self, strategy: str, task: str, backend: Backend, params: dict[str, Any]) -> dict[str, Any]:
+        """For ``auto``: the calibrated policy recorded in the store, and its search model."""
+        if strategy != "auto" or "policy" in params:
+            return params
+        from .calibration import load_policy
+
+        policy = load_policy(self, task, backend.name)
+        params = {**params, "policy": policy}
+        if policy is not None and policy.search_model and "search_backend" not in params:
+            params["search_backend"] = self.backend(policy.search_model)
+        return params
 
     @staticmethod
     def _run_strategy(tracer, task_obj, run_strategy, backend, problem, budget, params) -> Result:

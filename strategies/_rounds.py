@@ -47,8 +47,9 @@ def verify_candidates(problem: dict, verifier: Any, completions, ledger: Ledger,
             verdict = verifier.verify(problem, comp.text)
             ledger.settle(None, verdict.usage, samples=0)
             spent = spent + verdict.usage
+            mean_lp = sum(comp.logprobs) / len(comp.logprobs) if comp.logprobs else None
             cands.append(Candidate(text=comp.text, answer=verdict.answer, tokens=comp.completion_tokens,
-                                   finish_reason=comp.finish_reason, verdict=verdict))
+                                   finish_reason=comp.finish_reason, logprob=mean_lp, verdict=verdict))
         vspan.record_usage(input_tokens=spent.prompt_tokens, output_tokens=spent.completion_tokens)
         vspan.set(**{"ttc.correct": sum(bool(c.verdict.correct) for c in cands)})
     span.add_candidates([{"text": c.text, "answer": c.answer, "correct": c.verdict.correct,

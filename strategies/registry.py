@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from backends.errors import BadInputError
 
+from .auto import auto
 from .best_of_n import best_of_n
 from .majority_vote import majority_vote
 from .result import Result
@@ -27,6 +28,7 @@ STRATEGIES: dict[str, Strategy] = {
     "majority_vote": majority_vote,
     "weighted_vote": weighted_vote,
     "sequential": sequential,
+    "auto": auto,
     "tree_search": tree_search,
 }
 

@@ -21,6 +21,7 @@ class Candidate(BaseModel):
     answer: str | None = None
     tokens: int = 0
     finish_reason: str | None = None
+    logprob: float | None = None  # mean token log-probability, when the backend returned them
     verdict: Verdict | None = None
 
 

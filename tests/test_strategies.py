@@ -118,6 +118,12 @@ def test_each_strategy_runs_on_a_real_model(name, tiny_checkpoint):
     params = {"max_tokens": 24} if name != "sequential" else {"max_tokens": 200}
     if name in ("best_of_n", "majority_vote", "weighted_vote"):
         params["n"] = 4
+    if name == "auto":
+        from strategies.auto import MenuItem, Policy, PolicyEntry
+
+        entry = PolicyEntry(item=MenuItem(strategy="best_of_n", params={"n": 2, "max_tokens": 24}), accuracy=0.5,
+                            mean_tokens=50, n=1)
+        params = {"policy": Policy(task="countdown", model="tiny", probe=2, table={"0": [entry]})}
     result = get_strategy(name)(COUNTDOWN, PROBLEM, backend, COUNTDOWN.verifier, ledger, NullTracer(), **params)
     assert ledger.spent.tokens <= 600 and result.tokens == ledger.spent.tokens
     # Random weights never write a legal CountDown step, so tree_search (which verifies
@@ -125,3 +131,32 @@ def test_each_strategy_runs_on_a_real_model(name, tiny_checkpoint):
     assert (result.candidates or name == "tree_search") and all(c.verdict is not None for c in result.candidates)
     assert result.flops > 0 and result.paper_flops > 0 and result.eflops > result.flops
     assert result.stop_reason in ("done", "budget", "verified")
+
+
+def test_auto_without_calibration_says_how_to_get_one(sqlite_url):
+    with Orchestrator(db=sqlite_url) as orc, pytest.raises(BadInputError, match="ttc bench auto"):
+        orc.solve("countdown", PROBLEM, strategy="auto", model=ScriptedBackend([WRONG_A]))
+
+
+def test_auto_probes_then_runs_the_calibrated_choice():
+    from strategies.auto import MenuItem, Policy, PolicyEntry
+
+    bon = MenuItem(strategy="best_of_n", params={"n": 4})
+    costly = MenuItem(strategy="best_of_n", params={"n": 64})
+    policy = Policy(task="countdown", model="scripted", probe=2, edges=[],
+                    table={"0": [PolicyEntry(item=bon, accuracy=0.3, mean_tokens=100, n=10),
+                                 PolicyEntry(item=costly, accuracy=0.9, mean_tokens=10**6, n=10)]})
+    # Probe (2 wrong samples), then best_of_n(n=4): the costly item does not fit the budget.
+    result, ledger, backend = run("auto", [WRONG_A, WRONG_B, WRONG_A, RIGHT], budget=Budget(tokens=2000),
+                                  policy=policy)
+    assert result.correct is True and len(result.candidates) == 6
+    assert [p.n for _, p in backend.calls] == [2, 4]
+    assert backend.calls[1][1].seed != backend.calls[0][1].seed  # the inner draw is not the probe again
+    assert ledger.spent.tokens <= 2000
+
+
+def test_auto_stops_when_the_probe_is_verified():
+    from strategies.auto import Policy
+
+    result, _, backend = run("auto", [RIGHT], policy=Policy(task="countdown", model="scripted", probe=3))
+    assert result.correct is True and result.stop_reason == "verified" and len(backend.calls) == 1

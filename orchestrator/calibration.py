@@ -1,0 +1,114 @@
+"""Calibration for ``strategy="auto"``: accuracy-vs-spend curves per difficulty bin.
+
+On a calibration split (never the evaluation problems), every problem is probed the way
+``auto`` probes, then every strategy on the menu is run under the same per-problem token
+budget. Problems are binned by the probe's confidence (quantiles), and per bin each menu
+item's accuracy and mean spend are recorded in the trace store as a run of kind
+``calibration`` whose attributes hold the resulting Policy; ``load_policy`` reads it back.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from strategies.auto import MenuItem, Policy, PolicyEntry, inner_params, probe
+from strategies.budget import Budget, Ledger
+from strategies.registry import get_strategy
+from tasks.registry import find_builtin
+
+__all__ = ["default_menu", "calibrate", "load_policy"]
+
+
+def default_menu(task_name: str, with_search: bool) -> list[MenuItem]:
+    """Best-of-n caps, step-level tree search, and (with a search model) traces of length L."""
+    menu = [MenuItem(strategy="best_of_n", params={"n": n}) for n in (4, 8, 16, 32)]
+    menu.append(MenuItem(strategy="tree_search", params={}))
+    if with_search:
+        menu += [MenuItem(strategy="sequential", params={"max_tokens": L}, model="search") for L in (256, 1024)]
+    return menu
+
+
+def calibrate(
+    orc,
+    task_name: str,
+    problems: Sequence[dict],
+    *,
+    model: str | None = None,
+    search_model: str | None = None,
+    menu: list[MenuItem] | None = None,
+    budget_tokens: int | None = None,
+    probe_samples: int = 4,
+    bins: int = 3,
+    on_problem: Callable[[int], None] | None = None,
+) -> Policy:
+    """Measures the menu on ``problems`` and records the Policy in the store (see module doc)."""
+    from tasks.registry import get_task
+
+    task = get_task(task_name)
+    backend = orc.backend(model or task.default_model)
+    if search_model is None and find_builtin(f"{task_name}-search") is not None:
+        search_model = f"{task_name}-search"
+    search = orc.backend(search_model) if search_model else None
+    menu = menu or default_menu(task_name, with_search=search is not None)
+    rows: list[dict[str, Any]] = []
+    probe_tokens: list[int] = []
+    with orc.run("calibration", f"{task_name}/{backend.name}", task=task_name, model=backend.name,
+                 search_model=search.name if search else None, budget_tokens=budget_tokens,
+                 menu=[m.label for m in menu], n_problems=len(problems)) as tracer:
+        for i, p in enumerate(problems):
+            p = task.parse_problem(p)
+            with tracer.span("problem", str(p["id"])) as span:
+                ledger = Ledger(Budget(tokens=budget_tokens))
+                rounds, conf = probe(task, p, backend, task.verifier, ledger, tracer, span, m=probe_samples)
+                probe_tokens.append(rounds.usage.total_tokens)
+                solved = any(c.verdict.correct for c in rounds.candidates)
+                row = {"id": p["id"], "confidence": conf, "probe_solved": solved, "items": {}}
+                if not solved:
+                    for item in menu:
+                        run = get_strategy(item.strategy)
+                        m = search if item.model == "search" else backend
+                        # The item gets what the probe left, as it would under auto.
+                        left = None if budget_tokens is None else budget_tokens - rounds.usage.total_tokens
+                        r = run(task, p, m, task.verifier, Ledger(Budget(tokens=max(1, left)) if left else Budget()),
+                                tracer, **inner_params(item, seed=0))
+                        row["items"][item.label] = {"correct": bool(r.correct), "tokens": r.tokens}
+                span.set(**{"ttc.confidence": conf, "ttc.probe_solved": solved})
+                rows.append(row)
+            if on_problem:
+                on_problem(i)
+        policy = _fit(task_name, backend.name, search.name if search else None, menu, rows, probe_samples, bins,
+                      statistics.fmean(probe_tokens) if probe_tokens else 0.0)
+        tracer.outcome.update(policy=policy.model_dump(mode="json"), rows=rows)
+    return policy
+
+
+def _fit(task, model, search_model, menu, rows, probe_samples, bins, probe_tokens) -> Policy:
+    hard = [r for r in rows if not r["probe_solved"] and r["confidence"] is not None]
+    confs = sorted(r["confidence"] for r in hard)
+    edges = [confs[int(len(confs) * q / bins)] for q in range(1, bins)] if len(confs) >= bins else []
+    policy = Policy(task=task, model=model, search_model=search_model, probe=probe_samples,
+                    probe_tokens=probe_tokens, edges=edges)
+    by_bin: dict[int, list[dict]] = {}
+    for r in hard:
+        by_bin.setdefault(policy.bin_of(r["confidence"]), []).append(r)
+    for b, members in by_bin.items():
+        entries = []
+        for item in menu:
+            got = [m["items"][item.label] for m in members if item.label in m["items"]]
+            if got:
+                entries.append(PolicyEntry(item=item, n=len(got),
+                                           accuracy=statistics.fmean(float(g["correct"]) for g in got),
+                                           mean_tokens=statistics.fmean(g["tokens"] for g in got)))
+        policy.table[str(b)] = entries
+    return policy
+
+
+def load_policy(orc, task_name: str, model_name: str) -> Policy | None:
+    """The newest calibration recorded in the store for this task and model, or None."""
+    for run in orc.list_runs(limit=100, kind="calibration", status="ok"):
+        attrs = run.attributes or {}
+        if attrs.get("task") == task_name and attrs.get("model") == model_name and "policy" in attrs:
+            return Policy.model_validate(attrs["policy"])
+    return None
