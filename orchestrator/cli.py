@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import click
@@ -17,11 +16,12 @@ from pydantic import ValidationError
 from rich.table import Table
 from rich.tree import Tree
 
-from backends.errors import BadInputError, TTCError
+from backends.errors import TTCError
 from backends.types import SamplingParams
 from strategies.budget import Budget
 
 from ._cli_common import DbOption, JsonOption, emit_json, read_text_arg, stderr, stdout
+from ._cli_bench import bench_app
 from ._cli_models import models_app
 from ._cli_solve import evaluate, solve
 
@@ -35,7 +35,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 traces_app = typer.Typer(help="Query the trace store.", no_args_is_help=True)
-bench_app = typer.Typer(help="Benchmarks; results go to bench/results/.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(traces_app, name="traces")
 app.add_typer(bench_app, name="bench")
@@ -202,81 +201,7 @@ def traces_stats(
     stdout.print(f"spans by kind: {dict(st.span_kinds)}")
 
 
-# ---------------------------------------------------------------------- bench and demo
-
-
-@bench_app.command("throughput")
-def bench_throughput(
-    quick: Annotated[bool, typer.Option("--quick", help="Fixed seeds, fewer repeats (minutes at most).")] = False,
-    model: Annotated[str | None, typer.Option("--model", help="Checkpoint to measure (default: a ~1M model).")] = None,
-    out_dir: Annotated[Path, typer.Option("--out", help="Where the JSON and plot go.")] = Path("bench/results"),
-    json_out: JsonOption = False,
-) -> None:
-    """Tokens/s of 16 samples: separate calls vs a batch vs a batch sharing the prompt's prefill."""
-    from .bench.throughput import run_throughput
-
-    result = run_throughput(quick=quick, model=model, out_dir=out_dir, progress=stderr)
-    if json_out:
-        emit_json(result)
-        return
-    table = Table("mode", "tokens/s", "wall s", title=f"throughput: {result['model']['name']}")
-    for mode, row in result["modes"].items():
-        table.add_row(mode, f"{row['tokens_per_s']:.0f}", f"{row['wall_s_median']:.2f}")
-    stdout.print(table)
-    stdout.print(f"speedup (shared prefix vs separate calls): {result['speedup']:.2f}x; "
-                 f"written to {result['files']['json']}")
-
-
-@bench_app.command("backtrack-vs-parallel")
-def bench_backtrack(
-    task: Annotated[str, typer.Option("--task", help="countdown or sudoku.")],
-    quick: Annotated[bool, typer.Option("--quick", help="40 problems, n up to 64, two tree-search budgets.")] = False,
-    n_problems: Annotated[int | None, typer.Option("--problems", min=1, help="Held-out problems (default 200, quick 40).")] = None,
-    direct_model: Annotated[str | None, typer.Option("--direct-model", help="Default: TASK-direct.")] = None,
-    search_model: Annotated[str | None, typer.Option("--search-model", help="Default: TASK-search.")] = None,
-    tree_search: Annotated[bool, typer.Option("--tree-search/--no-tree-search")] = True,
-    out_dir: Annotated[Path, typer.Option("--out", help="Where the JSON and plot go.")] = Path("bench/results"),
-    json_out: JsonOption = False,
-) -> None:
-    """Accuracy vs compute: direct model best-of-n vs search model traces vs tree search, paper FLOPs."""
-    from .bench.backtrack import run_backtrack_vs_parallel
-
-    r = run_backtrack_vs_parallel(task=task, quick=quick, n_problems=n_problems, direct_model=direct_model,
-                                  search_model=search_model, with_tree_search=tree_search, out_dir=out_dir,
-                                  progress=stderr)
-    if json_out:
-        emit_json(r)
-        return
-    for name, pts in r["curves"].items():
-        table = Table("budget FLOPs", "tokens", "solved", "95% CI", title=name)
-        for p in pts:
-            table.add_row(f"{p['budget_flops']:.3g}", f"{p['budget_tokens']:.0f}", f"{p['accuracy']:.1%}",
-                          f"{p['ci95'][0]:.1%}-{p['ci95'][1]:.1%}")
-        stdout.print(table)
-    paper = r["paper"] or {}
-    stdout.print(f"paper ({paper.get('model_size')}): backtracking {paper.get('backtracking')} vs direct {paper.get('direct')}")
-    stdout.print(f"winner at the largest common compute: {r['winner_at_max_budget']}; "
-                 f"search scales with L: {r['search_scales']}; written to {r['files']['json']}")
-
-
-@bench_app.command("overhead")
-def bench_overhead(
-    quick: Annotated[bool, typer.Option("--quick", help="Fewer problems and runs (minutes at most).")] = False,
-    model: Annotated[str | None, typer.Option("--model", help="Checkpoint (default: the CountDown direct model).")] = None,
-    out_dir: Annotated[Path, typer.Option("--out", help="Where the JSON goes.")] = Path("bench/results"),
-    json_out: JsonOption = False,
-) -> None:
-    """Orchestrated, traced best-of-16 vs a hand-written loop making the same backend calls."""
-    from .bench.overhead import run_overhead
-
-    result = run_overhead(quick=quick, model=model, out_dir=out_dir, progress=stderr)
-    if json_out:
-        emit_json(result)
-        return
-    m = result["modes"]
-    stdout.print(f"hand-written {m['hand_written']['wall_s_median']:.3f}s, orchestrated "
-                 f"{m['orchestrated']['wall_s_median']:.3f}s (median of {result['runs']}): "
-                 f"ratio {result['ratio']:.3f}; written to {result['files']['json']}")
+# ---------------------------------------------------------------------- demo
 
 
 @app.command()

@@ -1,0 +1,118 @@
+"""``ttc bench NAME``: side-by-side measurements, JSON (and PNG) under bench/results/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ._cli_common import DbOption, JsonOption, emit_json, stderr, stdout
+
+__all__ = ["bench_app"]
+
+bench_app = typer.Typer(help="Benchmarks; results go to bench/results/.", no_args_is_help=True)
+
+
+@bench_app.command("throughput")
+def bench_throughput(
+    quick: Annotated[bool, typer.Option("--quick", help="Fixed seeds, fewer repeats (minutes at most).")] = False,
+    model: Annotated[str | None, typer.Option("--model", help="Checkpoint to measure (default: a ~1M model).")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where the JSON and plot go.")] = Path("bench/results"),
+    json_out: JsonOption = False,
+) -> None:
+    """Tokens/s of 16 samples: separate calls vs a batch vs a batch sharing the prompt's prefill."""
+    from .bench.throughput import run_throughput
+
+    result = run_throughput(quick=quick, model=model, out_dir=out_dir, progress=stderr)
+    if json_out:
+        emit_json(result)
+        return
+    table = Table("mode", "tokens/s", "wall s", title=f"throughput: {result['model']['name']}")
+    for mode, row in result["modes"].items():
+        table.add_row(mode, f"{row['tokens_per_s']:.0f}", f"{row['wall_s_median']:.2f}")
+    stdout.print(table)
+    stdout.print(f"speedup (shared prefix vs separate calls): {result['speedup']:.2f}x; "
+                 f"written to {result['files']['json']}")
+
+
+@bench_app.command("backtrack-vs-parallel")
+def bench_backtrack(
+    task: Annotated[str, typer.Option("--task", help="countdown or sudoku.")],
+    quick: Annotated[bool, typer.Option("--quick", help="40 problems, n up to 64, two tree-search budgets.")] = False,
+    n_problems: Annotated[int | None, typer.Option("--problems", min=1, help="Held-out problems (default 200, quick 40).")] = None,
+    direct_model: Annotated[str | None, typer.Option("--direct-model", help="Default: TASK-direct.")] = None,
+    search_model: Annotated[str | None, typer.Option("--search-model", help="Default: TASK-search.")] = None,
+    tree_search: Annotated[bool, typer.Option("--tree-search/--no-tree-search")] = True,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where the JSON and plot go.")] = Path("bench/results"),
+    json_out: JsonOption = False,
+) -> None:
+    """Accuracy vs compute: direct model best-of-n vs search model traces vs tree search, paper FLOPs."""
+    from .bench.backtrack import run_backtrack_vs_parallel
+
+    r = run_backtrack_vs_parallel(task=task, quick=quick, n_problems=n_problems, direct_model=direct_model,
+                                  search_model=search_model, with_tree_search=tree_search, out_dir=out_dir,
+                                  progress=stderr)
+    if json_out:
+        emit_json(r)
+        return
+    for name, pts in r["curves"].items():
+        table = Table("budget FLOPs", "tokens", "solved", "95% CI", title=name)
+        for p in pts:
+            table.add_row(f"{p['budget_flops']:.3g}", f"{p['budget_tokens']:.0f}", f"{p['accuracy']:.1%}",
+                          f"{p['ci95'][0]:.1%}-{p['ci95'][1]:.1%}")
+        stdout.print(table)
+    paper = r["paper"] or {}
+    stdout.print(f"paper ({paper.get('model_size')}): backtracking {paper.get('backtracking')} vs direct {paper.get('direct')}")
+    stdout.print(f"winner at the largest common compute: {r['winner_at_max_budget']}; "
+                 f"search scales with L: {r['search_scales']}; written to {r['files']['json']}")
+
+
+@bench_app.command("auto")
+def bench_auto(
+    task: Annotated[str, typer.Option("--task", help="Task family.")] = "countdown",
+    quick: Annotated[bool, typer.Option("--quick", help="30 calibration and 30 evaluation problems.")] = False,
+    budget_tokens: Annotated[int | None, typer.Option("--budget-tokens", min=1, help="Per-problem budget.")] = None,
+    n_problems: Annotated[int | None, typer.Option("--problems", min=1, help="Evaluation problems.")] = None,
+    n_calibration: Annotated[int | None, typer.Option("--calibration", min=1, help="Calibration problems.")] = None,
+    db: DbOption = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where the JSON goes.")] = Path("bench/results"),
+    json_out: JsonOption = False,
+) -> None:
+    """strategy=auto (calibrated per difficulty bin) vs fixed strategies at equal budget; BoN budget to match."""
+    from .bench.auto import run_auto_bench
+
+    r = run_auto_bench(task=task, quick=quick, budget_tokens=budget_tokens, n_problems=n_problems,
+                       n_calibration=n_calibration, db=db, out_dir=out_dir, progress=stderr)
+    if json_out:
+        emit_json(r)
+        return
+    table = Table("strategy", "accuracy", "95% CI", "tokens/problem", title=f"{task} at {r['budget_tokens']} tokens")
+    for name, row in r["strategies"].items():
+        table.add_row(name, f"{row['accuracy']:.1%}", f"{row['ci95'][0]:.1%}-{row['ci95'][1]:.1%}",
+                      f"{row['mean_tokens']:.0f}")
+    stdout.print(table)
+    ratio = r["bon_budget_ratio"]
+    stdout.print(f"best-of-N needs {r['bon_tokens_to_match_auto'] or 'more than measured'} tokens to match auto"
+                 + (f" ({ratio:.2f}x auto's spend)" if ratio else "") + f"; written to {r['files']['json']}")
+
+
+@bench_app.command("overhead")
+def bench_overhead(
+    quick: Annotated[bool, typer.Option("--quick", help="Fewer problems and runs (minutes at most).")] = False,
+    model: Annotated[str | None, typer.Option("--model", help="Checkpoint (default: the CountDown direct model).")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where the JSON goes.")] = Path("bench/results"),
+    json_out: JsonOption = False,
+) -> None:
+    """Orchestrated, traced best-of-16 vs a hand-written loop making the same backend calls."""
+    from .bench.overhead import run_overhead
+
+    result = run_overhead(quick=quick, model=model, out_dir=out_dir, progress=stderr)
+    if json_out:
+        emit_json(result)
+        return
+    m = result["modes"]
+    stdout.print(f"hand-written {m['hand_written']['wall_s_median']:.3f}s, orchestrated "
+                 f"{m['orchestrated']['wall_s_median']:.3f}s (median of {result['runs']}): "
+                 f"ratio {result['ratio']:.3f}; written to {result['files']['json']}")
