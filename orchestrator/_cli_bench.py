@@ -15,6 +15,15 @@ __all__ = ["bench_app"]
 bench_app = typer.Typer(help="Benchmarks; results go to bench/results/.", no_args_is_help=True)
 
 
+@bench_app.callback()
+def _threads(threads: Annotated[int, typer.Option("--threads", min=1, help="torch CPU threads for the benchmark; "
+                                                  "1 keeps figures stable on a shared machine.")] = 1) -> None:
+    """Benchmarks: side-by-side measurements, JSON (and PNG) under bench/results/."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 @bench_app.command("throughput")
 def bench_throughput(
     quick: Annotated[bool, typer.Option("--quick", help="Fixed seeds, fewer repeats (minutes at most).")] = False,
