@@ -21,7 +21,7 @@ from .cost import Cost
 from .result import Candidate, Result, StopReason
 from .tracing import Span, Tracer
 
-__all__ = ["Rounds", "sample_rounds", "verify_candidates", "answer_key", "finish", "DEFAULT_CAP"]
+__all__ = ["Rounds", "sample_rounds", "task_params", "verify_candidates", "answer_key", "finish", "DEFAULT_CAP"]
 
 # Samples drawn at most when neither ``n`` nor the budget bounds a strategy.
 DEFAULT_CAP = 16
@@ -36,6 +36,13 @@ class Rounds:
     cost: Cost = field(default_factory=Cost)
     stop_reason: StopReason = "done"
     rounds: int = 0
+
+
+def task_params(task: Any, fmt: str, *, temperature: float, seed: int | None, max_tokens: int | None,
+                **extra: Any) -> SamplingParams:
+    """Sampling parameters for a task's format: its stop strings and (by default) its token limit."""
+    return SamplingParams(temperature=temperature, seed=seed, stop=tuple(task.stop),
+                          max_tokens=max_tokens or task.max_tokens(fmt), **extra)
 
 
 def verify_candidates(problem: dict, verifier: Any, completions, ledger: Ledger, tracer: Tracer,

@@ -20,9 +20,8 @@ from pydantic import BaseModel, Field
 
 from backends.base import Backend
 from backends.errors import BadInputError
-from backends.types import SamplingParams
 
-from ._rounds import Rounds, finish, sample_rounds
+from ._rounds import Rounds, finish, sample_rounds, task_params
 from .budget import Ledger
 from .cost import Cost
 from .result import Result
@@ -85,8 +84,7 @@ class Policy(BaseModel):
 def probe(task: Any, problem: dict, backend: Backend, verifier: Any, ledger: Ledger, tracer: Tracer, span,
           *, m: int = 4, temperature: float = 0.7, seed: int | None = 0) -> tuple[Rounds, float | None]:
     """Draws ``m`` direct samples with log-probabilities; returns them and the model's confidence."""
-    params = SamplingParams(temperature=temperature, seed=seed, stop=tuple(task.stop),
-                            max_tokens=task.max_tokens("direct"), logprobs=True)
+    params = task_params(task, "direct", temperature=temperature, seed=seed, max_tokens=None, logprobs=True)
     rounds = sample_rounds(problem, task.prompt(problem), backend, verifier, ledger, tracer, span,
                            params=params, n=m, round_size=m)
     confidence = _confidence(rounds)

@@ -11,9 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from backends.base import Backend
-from backends.types import SamplingParams
 
-from ._rounds import finish, sample_rounds
+from ._rounds import task_params, finish, sample_rounds
 from .budget import Ledger
 from .result import Result
 from .tracing import Tracer
@@ -48,8 +47,7 @@ def best_of_n(
     """
     if round_size is None:
         round_size = 4 if early_stop or n is None else n
-    params = SamplingParams(temperature=temperature, seed=seed, stop=tuple(task.stop),
-                            max_tokens=max_tokens or task.max_tokens(fmt))
+    params = task_params(task, fmt, temperature=temperature, seed=seed, max_tokens=max_tokens)
     with tracer.span("strategy", "best_of_n", **{"ttc.n": n, "ttc.round_size": round_size,
                                                   "ttc.early_stop": early_stop, "ttc.temperature": temperature}) as span:
         rounds = sample_rounds(

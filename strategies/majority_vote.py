@@ -12,9 +12,8 @@ from collections import Counter
 from typing import Any
 
 from backends.base import Backend
-from backends.types import SamplingParams
 
-from ._rounds import answer_key, finish, sample_rounds
+from ._rounds import task_params, answer_key, finish, sample_rounds
 from .budget import Ledger
 from .result import Result
 from .tracing import Tracer
@@ -44,8 +43,7 @@ def majority_vote(
         round_size: Samples per call (default: all of ``n`` at once, 4 when ``n`` is None).
         temperature, seed, max_tokens, fmt: As for ``sample``.
     """
-    params = SamplingParams(temperature=temperature, seed=seed, stop=tuple(task.stop),
-                            max_tokens=max_tokens or task.max_tokens(fmt))
+    params = task_params(task, fmt, temperature=temperature, seed=seed, max_tokens=max_tokens)
     with tracer.span("strategy", "majority_vote", **{"ttc.n": n, "ttc.temperature": temperature}) as span:
         rounds = sample_rounds(problem, task.prompt(problem, fmt), backend, verifier, ledger, tracer, span,
                                params=params, n=n, round_size=round_size or n or 4)

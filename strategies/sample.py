@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from backends.base import Backend
-from backends.types import SamplingParams
 
-from ._rounds import finish, sample_rounds
+from ._rounds import task_params, finish, sample_rounds
 from .budget import Ledger
 from .result import Result
 from .tracing import Tracer
@@ -42,8 +41,7 @@ def sample(
         max_tokens: Token limit of the answer (default: the task's for ``fmt``).
         fmt: Prompt format of the task.
     """
-    params = SamplingParams(temperature=temperature, seed=seed, stop=tuple(task.stop),
-                            max_tokens=max_tokens or task.max_tokens(fmt))
+    params = task_params(task, fmt, temperature=temperature, seed=seed, max_tokens=max_tokens)
     with tracer.span("strategy", "sample", **{"ttc.temperature": temperature, "ttc.seed": seed}) as span:
         rounds = sample_rounds(problem, task.prompt(problem, fmt), backend, verifier, ledger, tracer, span,
                                params=params, n=1, round_size=1)

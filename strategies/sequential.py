@@ -9,9 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from backends.base import Backend
-from backends.types import SamplingParams
 
-from ._rounds import finish, sample_rounds
+from ._rounds import task_params, finish, sample_rounds
 from .budget import Ledger
 from .result import Result
 from .tracing import Tracer
@@ -41,8 +40,7 @@ def sequential(
         seed: Sampling seed when ``temperature > 0``.
         fmt: The task's search-trace prompt format.
     """
-    params = SamplingParams(temperature=temperature, seed=seed, stop=tuple(task.stop),
-                            max_tokens=max_tokens or task.max_tokens(fmt))
+    params = task_params(task, fmt, temperature=temperature, seed=seed, max_tokens=max_tokens)
     with tracer.span("strategy", "sequential", **{"ttc.max_tokens": params.max_tokens,
                                                    "ttc.temperature": temperature}) as span:
         rounds = sample_rounds(problem, task.prompt(problem, fmt), backend, verifier, ledger, tracer, span,
