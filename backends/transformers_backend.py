@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 from .errors import BadInputError, CheckpointError
 from .types import Completion, Generation, ModelInfo, SamplingParams, Usage
 
-__all__ = ["TransformersBackend", "TokenStream", "checkpoint_digest"]
+__all__ = ["TransformersBackend", "TokenStream", "checkpoint_digest", "load_tokenizer"]
 
 # Rows decoded together at most; more prompts x samples are processed in chunks.
 MAX_BATCH_ROWS = 256
@@ -37,6 +38,25 @@ def checkpoint_digest(path: str | Path) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
+
+
+def load_tokenizer(path: str | Path):
+    """The checkpoint's tokenizer, as its ``tokenizer.json`` defines it.
+
+    transformers 5's ``AutoTokenizer`` picks the tokenizer class from the model type for
+    some architectures (Qwen2 among them) and rebuilds the pre-tokenizer from that class,
+    ignoring the saved one: a character-level tokenizer saved beside a Qwen2 model then
+    silently drops spaces. A checkpoint that declares the generic fast tokenizer class
+    is therefore loaded with exactly that class.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    path = Path(path)
+    config = path / "tokenizer_config.json"
+    declared = json.loads(config.read_text()).get("tokenizer_class") if config.is_file() else None
+    if declared in ("TokenizersBackend", "PreTrainedTokenizerFast") and (path / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path)
 
 
 def _pick_device(device: str) -> torch.device:
@@ -81,7 +101,7 @@ class TransformersBackend:
         device: str = "auto",
         dtype: str | None = None,
     ):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         self.path = Path(path)
         if not self.path.exists():
@@ -92,7 +112,7 @@ class TransformersBackend:
         self.device = _pick_device(device)
         torch_dtype = _pick_dtype(dtype, self.device)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+            self.tokenizer = load_tokenizer(self.path)
             self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch_dtype)
         except Exception as exc:  # any loader failure is a bad checkpoint to the user
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -494,3 +494,25 @@ def test_stream_closed_before_reading_bills_the_prefill(backend):
     assert g.usage.prompt_tokens == backend.count_tokens("hello")
     assert g.usage.completion_tokens == 0 and g.completions[0].text == ""
     assert list(stream) == []
+
+
+def test_qwen2_checkpoint_keeps_its_character_tokenizer(tmp_path):
+    """transformers 5's AutoTokenizer swaps in Qwen2's byte-level pre-tokenizer for any
+    qwen2 checkpoint, dropping the spaces of a character tokenizer; the backend must not."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from backends.transformers_backend import load_tokenizer
+    from tasks.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(cfg).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    expected = tok("45 26\n3").input_ids
+    assert load_tokenizer(tmp_path)("45 26\n3").input_ids == expected
+    backend = TransformersBackend(tmp_path, device="cpu")
+    assert backend.count_tokens("45 26\n3") == len(expected) == 8
