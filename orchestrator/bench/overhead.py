@@ -36,7 +36,7 @@ def run_overhead(*, quick: bool = False, model: str | None = None, out_dir: Path
     from ..models import resolve_checkpoint
     from .throughput import random_checkpoint
 
-    runs = 5 if quick else 11
+    runs = 11 if quick else 21
     task = get_task("countdown")
     problems = task.make_problems(3 if quick else 8, seed=SEED, split="test")
     torch.manual_seed(SEED)
