@@ -21,10 +21,12 @@ from tasks.registry import find_builtin
 __all__ = ["default_menu", "calibrate", "load_policy"]
 
 
-def default_menu(task_name: str, with_search: bool) -> list[MenuItem]:
-    """Best-of-n caps, step-level tree search, and (with a search model) traces of length L."""
+def default_menu(task, with_search: bool) -> list[MenuItem]:
+    """Best-of-n caps, step-level tree search (tasks with steps), and (with a search model)
+    traces of length L."""
     menu = [MenuItem(strategy="best_of_n", params={"n": n}) for n in (4, 8, 16, 32)]
-    menu.append(MenuItem(strategy="tree_search", params={}))
+    if getattr(task, "steps", None) is not None:
+        menu.append(MenuItem(strategy="tree_search", params={}))
     if with_search:
         menu += [MenuItem(strategy="sequential", params={"max_tokens": L}, model="search") for L in (256, 1024)]
     return menu
@@ -51,7 +53,7 @@ def calibrate(
     if search_model is None and find_builtin(f"{task_name}-search") is not None:
         search_model = f"{task_name}-search"
     search = orc.backend(search_model) if search_model else None
-    menu = menu or default_menu(task_name, with_search=search is not None)
+    menu = menu or default_menu(task, with_search=search is not None)
     rows: list[dict[str, Any]] = []
     probe_tokens: list[int] = []
     with orc.run("calibration", f"{task_name}/{backend.name}", task=task_name, model=backend.name,

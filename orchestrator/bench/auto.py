@@ -84,9 +84,10 @@ def run_auto_bench(*, task: str = "countdown", quick: bool = False, budget_token
             "best_of_n": ("best_of_n", {"early_stop": False}, None),
             "best_of_n_early_stop": ("best_of_n", {"early_stop": True}, None),
             "majority_vote": ("majority_vote", {"n": None}, None),
-            "tree_search": ("tree_search", {}, None),
             "auto": ("auto", {}, None),
         }
+        if getattr(t, "steps", None) is not None:
+            runs["tree_search"] = ("tree_search", {}, None)
         if search_model:
             runs["sequential"] = ("sequential", {}, search_model)
         reports = {}
