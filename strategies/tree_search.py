@@ -107,10 +107,11 @@ class _Search:
 
     def __init__(self, problem: dict, steps: StepStructure, prompt: str, backend: Backend, verifier: Any,
                  ledger: Ledger, tracer: Tracer, span: Span, params: SamplingParams, max_depth: int,
-                 max_expansions: int | None):
+                 max_expansions: int | None, restarts: int | None = None):
         self.problem, self.steps, self.prompt = problem, steps, prompt
         self.backend, self.verifier, self.ledger, self.tracer, self.span = backend, verifier, ledger, tracer, span
         self.params, self.max_depth, self.max_expansions = params, max_depth, max_expansions
+        self.restarts_left, self.restarts_done = restarts, 0
         self.out = Rounds()  # candidates = complete answers; rounds = states expanded
         self.scores: list[float] = []  # path score of each candidate, in order
         self.verified: Candidate | None = None
@@ -191,16 +192,31 @@ class _Search:
         if self.verified is None:
             self.verified = next((c for c in cands if c.verdict.correct is True), None)
 
+    def restart(self) -> bool:
+        """Whether another tree may be grown from the root (``restarts`` caps them)."""
+        if self.restarts_left is not None:
+            if self.restarts_left <= 0:
+                return False
+            self.restarts_left -= 1
+        self.restarts_done += 1
+        return True
+
     def out_of_budget(self) -> None:
         self.out.stop_reason = "budget" if self.out.rounds else "no_budget"
 
     # ------------------------------------------------------------------ the two methods
 
     def dfs(self) -> None:
+        # A sampled tree is never exhausted while budget remains: when every branch is a
+        # dead end, the root is expanded again (a fresh seed draws fresh first steps).
         stack = [_State(())]
-        while stack:
+        while True:
             if self.expansions_left() == 0:
                 return
+            if not stack:
+                if not self.restart():
+                    return
+                stack = [_State(())]
             state = stack.pop()
             opened = self.expand([state])
             if opened is None:
@@ -213,7 +229,11 @@ class _Search:
 
     def beam(self, width: int) -> None:
         beam = [_State(())]
-        while beam:
+        while True:
+            if not beam:  # every state died: restart from the root, fresh samples
+                if not self.restart():
+                    return
+                beam = [_State(())]
             left = self.expansions_left()
             if left == 0:
                 return
@@ -252,6 +272,7 @@ def tree_search(
     beam_width: int | None = None,
     max_depth: int | None = None,
     max_expansions: int | None = None,
+    restarts: int | None = None,
     temperature: float = 0.7,
     seed: int | None = 0,
     max_tokens_per_step: int | None = None,
@@ -267,6 +288,8 @@ def tree_search(
         max_depth: Steps per answer at most (default: the task's ``steps.max_steps``).
         max_expansions: States expanded at most (default: bounded by the budget only;
             64 when the budget is unlimited).
+        restarts: Fresh trees grown from the root once every branch died (default:
+            as many as the budget and ``max_expansions`` allow; 0: one tree only).
         temperature: Sampling temperature of the steps (0 gives one child per state).
         seed: Expansion i samples with ``seed + i``, so expansions differ and runs repeat.
         max_tokens_per_step: Token limit of one step (default: the task's
@@ -287,7 +310,7 @@ def tree_search(
         raise BadInputError(f"unknown tree_search method {method!r}; valid methods: beam, dfs")
     for label, v in (("k", k), ("beam_width", beam_width), ("max_depth", max_depth),
                      ("max_expansions", max_expansions), ("max_tokens_per_step", max_tokens_per_step),
-                     ("max_tokens", max_tokens)):
+                     ("max_tokens", max_tokens), ("restarts", None if restarts is None else restarts + 1)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise BadInputError(f"tree_search {label} must be a positive integer, got {v!r}")
     if fmt not in steps.formats:
@@ -305,13 +328,14 @@ def tree_search(
         "ttc.max_tokens_per_step": params.max_tokens,
     }) as span:
         search = _Search(problem, steps, task.prompt(problem, fmt), backend, verifier, ledger, tracer, span,
-                         params, max_depth, max_expansions)
+                         params, max_depth, max_expansions, restarts)
         if method == "dfs":
             search.dfs()
         else:
             search.beam(beam_width)
         best = search.chosen()
         span.set(**{"ttc.expansions": search.out.rounds, "ttc.calls": search.calls, "ttc.pruned": search.pruned,
+                    "ttc.restarts": search.restarts_done,
                     "ttc.duplicates": search.duplicates, "ttc.truncated": search.truncated,
                     "ttc.path_score": None if best is None else search.scores[best]})
         return finish("tree_search", search.out, None if best is None else search.out.candidates[best], span)

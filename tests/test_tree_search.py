@@ -194,7 +194,7 @@ def test_beam_keeps_the_best_states_per_depth_in_one_call():
         P0 + "5+7=12,": ["12+3=15.", "3+12=15."],
         P0 + "3+7=10,": ["10+5=15."],
     }, logprob={"3+7=10": -2.0, "3*5=15": -0.5, "5+7=12": -0.4})
-    result, _ = search(COUNTDOWN, PROBLEM, backend, k=3, method="beam", beam_width=2)
+    result, _ = search(COUNTDOWN, PROBLEM, backend, k=3, method="beam", beam_width=2, restarts=0)
     # Depth 1 keeps the two best of three; both are expanded together, the best first.
     assert [ps for ps, _ in backend.calls] == [[P0], [P0 + "5+7=12,", P0 + "3*5=15,"]]
     assert result.stop_reason == "done" and result.answer is None and result.candidates == []
@@ -257,7 +257,7 @@ def test_identical_steps_are_expanded_once():
 
 def test_unlimited_budget_stops_when_the_tree_is_exhausted_or_capped():
     backend = StepBackend({}, logprob=LETTER_LP, default=["a,", "b,"])
-    result, _ = search(SPELL, {"id": "z", "word": "zzz"}, backend, k=2)
+    result, _ = search(SPELL, {"id": "z", "word": "zzz"}, backend, k=2, restarts=0)
     assert result.stop_reason == "done" and len(backend.calls) == 1 + 2 + 4 and len(result.candidates) == 8
     result, _ = search(SPELL, {"id": "z", "word": "zzz"}, backend, k=2, max_expansions=3)
     assert result.stop_reason == "done" and [c.answer for c in result.candidates] == ["aaa", "aab"]
@@ -426,3 +426,16 @@ def test_real_model_search_under_a_token_budget(tiny_backend, method):
     result, ledger = search(Permissive(), PROBLEM, tiny_backend, budget=Budget(tokens=200), k=3, method=method,
                             max_tokens_per_step=48)
     assert result.stop_reason == "budget" and ledger.spent.tokens <= 200 and not ledger.overdrawn
+
+
+def test_a_dead_tree_restarts_from_the_root_with_fresh_samples_until_the_budget_is_spent():
+    # Every first step is a dead end: the search grows new trees (new seeds) while budget lasts.
+    backend = StepBackend({}, logprob={}, default=["1+1=2,", "9*9=81,"])
+    budget = Budget(tokens=150)
+    result, ledger = search(COUNTDOWN, PROBLEM, backend, budget=budget, k=2)
+    seeds = [p.seed for _, p in backend.calls]
+    assert len(seeds) > 1 and len(set(seeds)) == len(seeds)
+    assert result.stop_reason == "budget" and ledger.spent.tokens <= 150
+    result, _ = search(COUNTDOWN, PROBLEM, StepBackend({}, logprob={}, default=["1+1=2,"]), budget=budget, k=2,
+                       restarts=2)
+    assert result.stop_reason == "done" and result.candidates == []
