@@ -32,8 +32,12 @@ __all__ = [
     "evaluate_search",
     "evaluate_checkpoint",
     "checkpoint_kind",
+    "checkpoint_task",
     "write_card",
+    "ship_checkpoint",
 ]
+
+_SHIPPED_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -65,7 +69,7 @@ def _backend(model):
 
 def evaluate_direct(
     model, problems: list[dict], n: int = 16, ks=(1, 4, 16), temperature: float = 0.7,
-    seed: int = 0, greedy: bool = True, hints: bool = True, max_tokens: int = 64,
+    seed: int = 0, greedy: bool = True, hints: bool = True, max_tokens: int = 96,
 ) -> dict:
     """Card numbers of a direct model on ``problems``.
 
@@ -176,6 +180,17 @@ def evaluate_search(
     }
 
 
+def checkpoint_task(path: str | Path) -> str:
+    """The task a checkpoint was trained on, from card.json (or train_state.json); default "countdown"."""
+    path = Path(path)
+    for name in ("card.json", "train_state.json"):
+        f = path / name
+        if f.is_file():
+            data = json.loads(f.read_text())
+            return data.get("task") or data.get("config", {}).get("task", "countdown")
+    return "countdown"
+
+
 def checkpoint_kind(path: str | Path) -> str:
     """"direct" or "search", from card.json (or train_state.json) beside the weights."""
     path = Path(path)
@@ -192,6 +207,10 @@ def evaluate_checkpoint(
     temperature: float = 0.7, seed: int = 0, quick: bool = False,
 ) -> dict:
     """Reproduces a card's measurement (held-out "test" split, seed 0) or runs on given problems."""
+    if checkpoint_task(path) == "sudoku":
+        from .sudoku.evaluate import evaluate_checkpoint as evaluate_sudoku
+
+        return evaluate_sudoku(path, problems=problems, limit=limit, temperature=temperature, seed=seed, quick=quick)
     if problems is None:
         problems = COUNTDOWN.make_problems(limit, seed=0, split="test", n_numbers=n_numbers)
     else:
@@ -205,12 +224,21 @@ def evaluate_checkpoint(
 def write_card(out_dir: str | Path, config, train_state: dict, results: dict, notes: str = "") -> dict:
     """Writes card.json and README.md (the model card) into a checkpoint directory."""
     out_dir = Path(out_dir)
+    arch, params = config.arch, int(train_state["params"])
+    if (out_dir / "config.json").is_file() and (out_dir / "model.safetensors").is_file():
+        from safetensors import safe_open
+
+        # What ships may differ from what trained (qwen2 -> llama adds zero o_proj biases).
+        arch = json.loads((out_dir / "config.json").read_text()).get("model_type", arch)
+        with safe_open(str(out_dir / "model.safetensors"), "pt") as f:
+            params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
     card = {
         "name": config.name,
         "task": "countdown",
         "kind": config.kind,
-        "params": int(train_state["params"]),
-        "arch": config.arch,
+        "params": params,
+        "arch": arch,
+        "trained_as": config.arch,
         "config": config.model_dump(mode="json"),
         "data": config.data_description(),
         "train_minutes": float(train_state["minutes"]),
@@ -225,7 +253,7 @@ def write_card(out_dir: str | Path, config, train_state: dict, results: dict, no
     lines = [
         f"# {config.name}",
         "",
-        f"A {card['params']:,}-parameter {config.arch} causal LM trained from scratch on CountDown "
+        f"A {card['params']:,}-parameter {arch} causal LM trained from scratch on CountDown "
         f"({config.kind} format). Loads with `AutoModelForCausalLM.from_pretrained` and "
         "`AutoTokenizer.from_pretrained` (character-level tokenizer).",
         "",
@@ -237,7 +265,9 @@ def write_card(out_dir: str | Path, config, train_state: dict, results: dict, no
         f"- Prompt: `{COUNTDOWN.prompt({'numbers': [48, 27, 5, 81], 'target': 30}, 'search' if config.kind == 'search' else 'direct')!s}`"
         .replace("\n", "\\n"),
         "",
-        "## Results (200 held-out 'test' problems, 4 numbers, paper distribution)" if results else "",
+        "## Results\n\nHeld-out 'test' split (never in training data), 200 problems per size, seed 0; "
+        "`4_numbers` is the paper's task, `3_numbers` the easier variant. Reproduce with "
+        f"`ttc models eval {config.name}`." if results else "",
         "",
         "```json",
         json.dumps(results, indent=2),
@@ -248,6 +278,44 @@ def write_card(out_dir: str | Path, config, train_state: dict, results: dict, no
     ]
     (out_dir / "README.md").write_text("\n".join(lines))
     return card
+
+
+def ship_checkpoint(run_dir: str | Path, dest: str | Path, notes: str = "", n_problems: int = 200, seed: int = 0) -> dict:
+    """Copies a trained run into a shipped checkpoint directory, measures it, writes its card.
+
+    Measurements: ``n_problems`` held-out "test" problems of 4 numbers (the card's main
+    numbers) and of 3 numbers (the easier variant), seed ``seed``.
+    """
+    import shutil
+
+    from .training import TrainConfig
+
+    run_dir, dest = Path(run_dir), Path(dest)
+    state = json.loads((run_dir / "train_state.json").read_text())
+    config = TrainConfig(**state["config"])
+    dest.mkdir(parents=True, exist_ok=True)
+    if json.loads((run_dir / "config.json").read_text()).get("model_type") == "qwen2":
+        from .training import qwen2_to_llama
+
+        # See TrainConfig.arch: a qwen2 checkpoint would not load its own tokenizer.
+        qwen2_to_llama(run_dir, dest)
+    else:
+        for f in _SHIPPED_FILES:
+            if (run_dir / f).is_file():
+                shutil.copy2(run_dir / f, dest / f)
+    results: dict = {}
+    for size in (4, 3):
+        problems = COUNTDOWN.make_problems(n_problems, seed=0, split="test", n_numbers=size)
+        if config.kind == "search":
+            results[f"{size}_numbers"] = evaluate_search(dest, problems, seed=seed)
+        else:
+            results[f"{size}_numbers"] = evaluate_direct(dest, problems, seed=seed, hints=size == 4)
+    main = results["4_numbers"]
+    # Top-level mirrors of the main (4-number) numbers, for tools that read one field.
+    results = {"pass_at_1": main["pass_at_1"], **({"pass_at_k": main["pass_at_k"]} if "pass_at_k" in main else {}), **results}
+    state["history"] = state.get("history", [])[-1:]
+    write_card(dest, config, state, results, notes)
+    return results
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from .countdown.formats import training_example
 from .countdown.generate import make_problems
 from .tokenizer import build_tokenizer
 
-__all__ = ["TrainConfig", "RECIPES", "build_model", "train", "example_stream"]
+__all__ = ["TrainConfig", "RECIPES", "build_model", "train", "example_stream", "qwen2_to_llama"]
 
 
 class TrainConfig(BaseModel):
@@ -47,8 +47,12 @@ class TrainConfig(BaseModel):
     """
 
     name: str = "countdown-direct"
+    task: Literal["countdown", "sudoku"] = "countdown"
     kind: Literal["direct", "search"] = "direct"
-    arch: Literal["qwen2", "llama"] = "qwen2"
+    # Llama by default: transformers 5 forces Qwen2Tokenizer on AutoTokenizer.from_pretrained
+    # of a "qwen2" checkpoint, which re-tokenizes with GPT-2 rules and drops the spaces of
+    # the character tokenizer. A Llama checkpoint keeps the saved tokenizer.json as is.
+    arch: Literal["qwen2", "llama"] = "llama"
     hidden_size: int = 256
     layers: int = 6
     heads: int = 8
@@ -68,9 +72,19 @@ class TrainConfig(BaseModel):
     steps: int | None = None
     seed: int = 0
     checkpoint_minutes: float = 5.0
+    attention_bias: bool = False
+    # Continue from a checkpoint (fresh optimizer and schedule); its train_state.json
+    # minutes, steps and tokens are added to this run's, so a card shows the whole cost.
+    init_from: str | None = None
+    sudoku_size: int = 6
+    sudoku_givens: tuple[int, int] = (10, 20)
 
     def data_description(self) -> str:
         """One line for the model card."""
+        if self.task == "sudoku":
+            from .sudoku.data import data_description
+
+            return data_description(self)
         mix = ", ".join(f"{k} {v:.0%}" for k, v in self.mix.items())
         sizes = ", ".join(f"{k} numbers {v:.0%}" for k, v in sorted(self.n_numbers.items()))
         extra = f"; traces pruned to widths {list(self.trace_width)}, at most {self.trace_max_chars} chars" if "search" in self.mix else ""
@@ -82,16 +96,29 @@ class TrainConfig(BaseModel):
 RECIPES: dict[str, TrainConfig] = {
     "countdown-direct": TrainConfig(
         name="countdown-direct", hidden_size=192, layers=4, heads=6, kv_heads=2,
-        intermediate_size=512, lr=2e-3, batch_tokens=3072, minutes=50.0,
+        intermediate_size=512, lr=2e-3, batch_tokens=3072, minutes=50.0, attention_bias=True,
+        n_numbers={4: 0.8, 3: 0.2},
     ),
     "countdown-direct-small": TrainConfig(
         name="countdown-direct-small", hidden_size=128, layers=3, heads=4, kv_heads=2,
-        intermediate_size=384, lr=3e-3, batch_tokens=3072, minutes=10.0,
+        intermediate_size=384, lr=3e-3, batch_tokens=3072, minutes=8.0,
+        n_numbers={4: 0.8, 3: 0.2},
     ),
     "countdown-search": TrainConfig(
         name="countdown-search", kind="search", hidden_size=192, layers=4, heads=6, kv_heads=2,
         intermediate_size=512, context=1024, lr=2e-3, batch_tokens=6144,
-        mix={"search": 1.0}, n_numbers={4: 0.7, 3: 0.3}, minutes=30.0,
+        mix={"search": 1.0}, n_numbers={4: 0.5, 3: 0.5}, minutes=14.0,
+    ),
+    # Sudoku 6x6 (boxes 2x3), 9..18 givens; board size chosen by pilots (see the model cards).
+    "sudoku-direct": TrainConfig(
+        name="sudoku-direct", task="sudoku", kind="direct", arch="llama", hidden_size=192, layers=4, heads=6,
+        kv_heads=2, intermediate_size=512, context=96, lr=2e-3, batch_tokens=3072, mix={"direct": 1.0},
+        sudoku_size=6, sudoku_givens=(9, 18), minutes=30.0,
+    ),
+    "sudoku-search": TrainConfig(
+        name="sudoku-search", task="sudoku", kind="search", arch="llama", hidden_size=192, layers=4, heads=6,
+        kv_heads=2, intermediate_size=512, context=1024, lr=2e-3, batch_tokens=3072, mix={"search": 1.0},
+        sudoku_size=6, sudoku_givens=(9, 18), trace_max_chars=900, minutes=35.0,
     ),
 }
 
@@ -101,7 +128,9 @@ def build_model(cfg: TrainConfig, tokenizer):
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
     cls = Qwen2Config if cfg.arch == "qwen2" else LlamaConfig
+    extra = {"attention_bias": cfg.attention_bias} if cfg.arch == "llama" else {}
     mcfg = cls(
+        **extra,
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,
@@ -119,6 +148,11 @@ def build_model(cfg: TrainConfig, tokenizer):
 
 def example_stream(cfg: TrainConfig, seed: int) -> Iterator[tuple[str, str]]:
     """Endless (prompt, completion) pairs from the "train" split, mixed as configured."""
+    if cfg.task == "sudoku":
+        from .sudoku.data import example_stream as sudoku_stream
+
+        yield from sudoku_stream(cfg, seed)
+        return
     rng = random.Random(seed)
     fmts, fw = zip(*cfg.mix.items())
     sizes, sw = zip(*cfg.n_numbers.items())
@@ -168,6 +202,32 @@ def _batches(cfg: TrainConfig, tokenizer, seed: int) -> Iterator[dict]:
             }
 
 
+def qwen2_to_llama(src: str | Path, dst: str | Path) -> None:
+    """Rewrites a Qwen2 checkpoint as the identical Llama one (attention_bias=True, zero
+    o_proj bias), so that AutoTokenizer loads its character tokenizer unchanged."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    q = AutoModelForCausalLM.from_pretrained(src)
+    c = q.config
+    lc = LlamaConfig(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+        num_key_value_heads=c.num_key_value_heads, max_position_embeddings=c.max_position_embeddings,
+        rms_norm_eps=c.rms_norm_eps, rope_parameters=c.rope_parameters, tie_word_embeddings=True,
+        attention_bias=True, bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id,
+    )
+    llama = LlamaForCausalLM(lc)
+    missing, unexpected = llama.load_state_dict(q.state_dict(), strict=False)
+    if unexpected or any(not k.endswith("o_proj.bias") for k in missing):
+        raise RuntimeError(f"qwen2 -> llama mismatch: missing {missing}, unexpected {unexpected}")
+    with torch.no_grad():
+        for layer in llama.model.layers:
+            layer.self_attn.o_proj.bias.zero_()
+    llama.generation_config = q.generation_config
+    llama.save_pretrained(dst, safe_serialization=True)
+    build_tokenizer().save_pretrained(dst)
+
+
 def _save(model, tokenizer, out_dir: Path, state: dict) -> None:
     """Writes a loadable checkpoint; files are replaced only once fully written."""
     tmp = out_dir.with_name(out_dir.name + ".tmp")
@@ -201,7 +261,16 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> di
     out_dir = Path(out_dir)
     torch.manual_seed(config.seed)
     tokenizer = build_tokenizer()
-    model = build_model(config, tokenizer)
+    prev = {"minutes": 0.0, "steps": 0, "tokens": 0}
+    if config.init_from:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(config.init_from)
+        prev_file = Path(config.init_from) / "train_state.json"
+        if prev_file.is_file():
+            prev = {k: json.loads(prev_file.read_text())[k] for k in prev}
+    else:
+        model = build_model(config, tokenizer)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
@@ -227,8 +296,10 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> di
 
     def state() -> dict:
         return {
-            "name": config.name, "params": n_params, "steps": step, "tokens": tokens,
-            "minutes": round((time.time() - start) / 60, 2), "loss": ema,
+            "name": config.name, "params": n_params, "steps": step + prev["steps"],
+            "tokens": tokens + prev["tokens"],
+            "minutes": round((time.time() - start) / 60 + prev["minutes"], 2), "loss": ema,
+            "continued_from": prev if config.init_from else None,
             "history": history, "config": config.model_dump(mode="json"),
         }
 

@@ -99,6 +99,8 @@ def test_solver_rules():
 
 def test_prompt_formats():
     assert prompt(P) == "48 27 5 81>30:"
+    steps = [(81, "-", 48, 33), (33, "-", 27, 6), (6, "*", 5, 30)]
+    assert direct_completion(steps, P["numbers"]) == "81-48=33:27 5 33,33-27=6:5 6,6*5=30."
     assert prompt(P, hint="81-48=33") == "48 27 5 81>30|81-48=33:"
     assert prompt(P, hint=33) == "48 27 5 81>30|33:"
     assert prompt(P, "search") == "48 27 5 81>30?\n"
@@ -146,6 +148,8 @@ def test_plan_conditioned_completion_follows_hint():
             h = hint_for(steps, rng, kind)
             assert follows_hint(steps, h)
         assert direct_completion(steps) == format_steps(steps) + "."
+        with_states = direct_completion(steps, p["numbers"])
+        assert with_states.count(":") == len(steps) - 1 and V.verify(p, with_states).correct
 
 
 # ---------------------------------------------------------------- verifier
@@ -155,6 +159,7 @@ def test_plan_conditioned_completion_follows_hint():
     "text",
     [
         "81-48=33,33-27=6,6*5=30.",
+        "81-48=33:27 5 33,33-27=6:5 6,6*5=30.",
         "81-48=33,33-27=6,6*5=30",
         "trace\nA:81-48=33,33-27=6,5*6=30.",
         "81 - 48 = 33; 33 - 27 = 6; 6 × 5 = 30",
@@ -240,6 +245,12 @@ def test_tokenizer_round_trip(tmp_path):
     assert tok2.eos_token_id is not None and tok2.pad_token_id is not None
 
 
+def tok_ids(text: str) -> list[int]:
+    from tasks.tokenizer import build_tokenizer
+
+    return build_tokenizer()(text, add_special_tokens=False)["input_ids"]
+
+
 @pytest.mark.slow
 def test_short_training_run_saves_and_reloads(tmp_path):
     import torch
@@ -252,10 +263,23 @@ def test_short_training_run_saves_and_reloads(tmp_path):
     cfg = TrainConfig(name="tiny", hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate_size=64,
                       batch_tokens=512, minutes=None, steps=3, warmup_steps=1)
     state = train(cfg, tmp_path / "ckpt", progress=False)
+    qcfg = cfg.model_copy(update={"arch": "qwen2", "name": "tinyq"})
+    train(qcfg, tmp_path / "q", progress=False)
+    from tasks.training import qwen2_to_llama
+
+    qwen2_to_llama(tmp_path / "q", tmp_path / "q2l")
+    q = AutoModelForCausalLM.from_pretrained(tmp_path / "q")
+    l2 = AutoModelForCausalLM.from_pretrained(tmp_path / "q2l")
+    x = torch.randint(3, 60, (2, 12))
+    with torch.no_grad():
+        assert torch.allclose(q(x).logits, l2(x).logits, atol=1e-5)
+    assert AutoTokenizer.from_pretrained(tmp_path / "q2l")("1 2")["input_ids"] == [1] + tok_ids("1 2")
     assert state["steps"] == 3 and state["tokens"] > 0
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
     tok = AutoTokenizer.from_pretrained(tmp_path / "ckpt")
     assert (tmp_path / "ckpt" / "model.safetensors").is_file()
+    # The checkpoint's own tokenizer must survive AutoTokenizer (spaces kept, one id per char).
+    assert tok.convert_ids_to_tokens(tok("1 2>3:\n x")["input_ids"]) == ["<s>", "1", " ", "2", ">", "3", ":", "\n", " ", "x"]
     ids = tok([prompt(P)], return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=5, do_sample=False)
     assert out.shape[1] <= ids["input_ids"].shape[1] + 5

@@ -9,7 +9,8 @@ parser, never ``eval``. Garbage gives ``correct=False`` with a reason; it never 
 Accepted answers (the last ``A:`` segment if there is one, else the last non-empty line):
 
 - steps: ``81-48=33,33-27=6,6*5=30`` (separated by commas, semicolons or spaces;
-  either operand order; ``x``, ``×``, ``÷``, ``−`` accepted);
+  ``x``, ``×``, ``÷``, ``−`` accepted), each optionally followed by the numbers left
+  (``81-48=33:27 5 33,...``), which are ignored;
 - an expression: ``(81-48-27)*5`` optionally followed by ``=30``.
 """
 
@@ -27,8 +28,9 @@ _MAX_TEXT = 4000  # answers longer than this are not answers; avoids quadratic w
 _MAX_LITERAL = 10**9
 _MAX_VALUE = 10**15
 _MAX_DEPTH = 64
-_TRANS = str.maketrans({"×": "*", "x": "*", "X": "*", "÷": "/", "−": "-", "–": "-", ":": "/"})
-_STEP = re.compile(r"\s*\(?\s*([0-9]+)\s*([-+*/])\s*([0-9]+)\s*\)?\s*=\s*([0-9]+)\s*")
+_TRANS = str.maketrans({"×": "*", "x": "*", "X": "*", "÷": "/", "−": "-", "–": "-"})
+# A step, optionally followed by the numbers it leaves (":27 5 33"), which are not checked.
+_STEP = re.compile(r"\s*\(?\s*([0-9]+)\s*([-+*/])\s*([0-9]+)\s*\)?\s*=\s*([0-9]+)(?:\s*:[0-9 ]*)?\s*")
 _STEP_SEP = re.compile(r"[,;\s]+")
 
 

@@ -1,12 +1,15 @@
 """CountDown prompts and the three completion formats.
 
 Every completion ends with the answer as comma-separated steps and a "." (the stop
-string), e.g. ``81-48=33,33-27=6,6*5=30.``, so the verifier can check it against the
-problem alone.
+string), so the verifier can check it against the problem alone. A direct completion
+writes, after each step but the last, the numbers still available (the same
+``op:remaining`` syntax as search-trace lines): ``81-48=33:27 5 33,33-27=6:5 6,6*5=30.``
+The states cost a few tokens and teach a tiny model to copy only what is left (without
+them, reused and invented numbers were its main error).
 
 Prompt (one line, no spaces around ">"), numbers in given order then the target::
 
-    direct:          "48 27 5 81>30:"
+    direct:          "48 27 5 81>30:"         -> "81-48=33:27 5 33,33-27=6:5 6,6*5=30."
     plan-conditioned "48 27 5 81>30|81-48=33:"   (hint: first operation)
                      "48 27 5 81>30|33:"         (hint: an intermediate value)
     search:          "48 27 5 81>30?\\n"
@@ -68,9 +71,20 @@ def prompt(problem: dict, fmt: str = "direct", hint: str | int | None = None) ->
     return head + ":"
 
 
-def direct_completion(steps: list[Step]) -> str:
-    """Only the successful path: ``"81-48=33,33-27=6,6*5=30."``."""
-    return format_steps(steps) + END
+def direct_completion(steps: list[Step], numbers=None) -> str:
+    """Only the successful path; with ``numbers``, each step is followed by what is left:
+    ``"81-48=33:27 5 33,33-27=6:5 6,6*5=30."`` (else ``"81-48=33,33-27=6,6*5=30."``)."""
+    if numbers is None:
+        return format_steps(steps) + END
+    left = [int(n) for n in numbers]
+    parts = []
+    for i, step in enumerate(steps):
+        a, _, b, r = step
+        left.remove(a)
+        left.remove(b)
+        left.append(r)
+        parts.append(format_step(step) + ("" if i == len(steps) - 1 else ":" + _nums(left)))
+    return ",".join(parts) + END
 
 
 def hint_for(steps: list[Step], rng: random.Random, kind: str | None = None) -> str:
@@ -129,6 +143,11 @@ def search_trace(
         size += len(line) + 1
         return size <= max_chars
 
+    def add_len(n: int) -> bool:
+        nonlocal size
+        size += n
+        return size <= max_chars
+
     def dfs(state: tuple[int, ...], depth: int) -> bool | None:
         options = sorted(moves(state), key=lambda m: heuristic(m[1], target))
         k = width[min(depth, len(width) - 1)]
@@ -142,8 +161,7 @@ def search_trace(
                     path.append(done)
                     return add(f"{' ' * (depth + 1)}{format_step(done)}") or None
                 lines[-1] += " x"
-                size_ok = add_len(2)
-                if not size_ok:
+                if not add_len(2):
                     return None
             else:
                 found = dfs(child, depth + 1)
@@ -153,11 +171,6 @@ def search_trace(
                     return True
             path.pop()
         return False
-
-    def add_len(n: int) -> bool:
-        nonlocal size
-        size += n
-        return size <= max_chars
 
     state = tuple(int(n) for n in numbers)
     if len(state) == 2:
@@ -179,6 +192,7 @@ def training_example(
     steps = solve(problem["numbers"], problem["target"], rng)
     if steps is None:
         return None
+    completion = direct_completion(steps, problem["numbers"])
     if fmt == "plan":
-        return prompt(problem, "direct", hint_for(steps, rng)), direct_completion(steps)
-    return prompt(problem, "direct"), direct_completion(steps)
+        return prompt(problem, "direct", hint_for(steps, rng)), completion
+    return prompt(problem, "direct"), completion
