@@ -7,8 +7,9 @@ left out of this package's import on purpose.
 from pathlib import Path
 
 from .countdown import COUNTDOWN, CountdownTask
+from .sudoku import SUDOKU, SudokuTask
 
-__all__ = ["COUNTDOWN", "CountdownTask", "CHECKPOINTS_DIR"]
+__all__ = ["COUNTDOWN", "CountdownTask", "SUDOKU", "SudokuTask", "CHECKPOINTS_DIR"]
 
 # Shipped checkpoints (package data): one directory per model with a card.json.
 CHECKPOINTS_DIR = Path(__file__).parent / "checkpoints"

@@ -67,5 +67,6 @@ def get_task(name: str):
 
 def _tasks() -> dict:
     from .countdown import COUNTDOWN
+    from .sudoku import SUDOKU
 
-    return {COUNTDOWN.name: COUNTDOWN}
+    return {COUNTDOWN.name: COUNTDOWN, SUDOKU.name: SUDOKU}
