@@ -96,15 +96,20 @@ def _fit(task, model, search_model, menu, rows, probe_samples, bins, probe_token
     for r in hard:
         by_bin.setdefault(policy.bin_of(r["confidence"]), []).append(r)
     for b, members in by_bin.items():
-        entries = []
-        for item in menu:
-            got = [m["items"][item.label] for m in members if item.label in m["items"]]
-            if got:
-                entries.append(PolicyEntry(item=item, n=len(got),
-                                           accuracy=statistics.fmean(float(g["correct"]) for g in got),
-                                           mean_tokens=statistics.fmean(g["tokens"] for g in got)))
-        policy.table[str(b)] = entries
+        policy.table[str(b)] = _entries(menu, members)
+    policy.overall = _entries(menu, hard)
     return policy
+
+
+def _entries(menu: list[MenuItem], members: list[dict]) -> list[PolicyEntry]:
+    entries = []
+    for item in menu:
+        got = [m["items"][item.label] for m in members if item.label in m["items"]]
+        if got:
+            entries.append(PolicyEntry(item=item, n=len(got),
+                                       accuracy=statistics.fmean(float(g["correct"]) for g in got),
+                                       mean_tokens=statistics.fmean(g["tokens"] for g in got)))
+    return entries
 
 
 def load_policy(orc, task_name: str, model_name: str) -> Policy | None:

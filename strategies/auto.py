@@ -70,15 +70,21 @@ class Policy(BaseModel):
     probe_tokens: float = 0.0
     edges: list[float] = Field(default_factory=list)
     table: dict[str, list[PolicyEntry]] = Field(default_factory=dict)
+    overall: list[PolicyEntry] = Field(default_factory=list)
 
     def bin_of(self, confidence: float) -> int:
         return bisect.bisect_right(self.edges, confidence)
 
     def choose(self, bin_index: int, tokens_left: int | None) -> PolicyEntry | None:
-        """The entry with the best expected accuracy whose mean spend fits; ties: cheaper."""
+        """The entry with the best expected accuracy whose mean spend fits.
+
+        A bin holds few calibration problems, so its accuracies often tie (all zero on hard
+        bins): ties go to the item that did best over all bins, then to the cheaper one.
+        """
+        pooled = {e.item.label: e.accuracy for e in self.overall}
         entries = self.table.get(str(bin_index), [])
         fits = [e for e in entries if tokens_left is None or e.mean_tokens <= tokens_left]
-        return max(fits, key=lambda e: (e.accuracy, -e.mean_tokens), default=None)
+        return max(fits, key=lambda e: (e.accuracy, pooled.get(e.item.label, 0.0), -e.mean_tokens), default=None)
 
 
 def probe(task: Any, problem: dict, backend: Backend, verifier: Any, ledger: Ledger, tracer: Tracer, span,

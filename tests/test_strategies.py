@@ -160,3 +160,16 @@ def test_auto_stops_when_the_probe_is_verified():
 
     result, _, backend = run("auto", [RIGHT], policy=Policy(task="countdown", model="scripted", probe=3))
     assert result.correct is True and result.stop_reason == "verified" and len(backend.calls) == 1
+
+
+def test_auto_breaks_ties_in_a_bin_by_the_pooled_curve():
+    from strategies.auto import MenuItem, Policy, PolicyEntry
+
+    cheap, good = MenuItem(strategy="sample"), MenuItem(strategy="best_of_n", params={"n": 8})
+    policy = Policy(task="countdown", model="m",
+                    table={"0": [PolicyEntry(item=cheap, accuracy=0.0, mean_tokens=40, n=3),
+                                 PolicyEntry(item=good, accuracy=0.0, mean_tokens=300, n=3)]},
+                    overall=[PolicyEntry(item=cheap, accuracy=0.05, mean_tokens=40, n=30),
+                             PolicyEntry(item=good, accuracy=0.4, mean_tokens=300, n=30)])
+    assert policy.choose(0, 1000).item == good
+    assert policy.choose(0, 100).item == cheap  # the better one does not fit
