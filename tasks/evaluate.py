@@ -29,6 +29,7 @@ __all__ = [
     "pass_at_k",
     "mean_ci95",
     "evaluate_direct",
+    "sampled_card",
     "evaluate_search",
     "evaluate_checkpoint",
     "checkpoint_kind",
@@ -67,6 +68,55 @@ def _backend(model):
     return model
 
 
+def sampled_card(be, verifier, problems: list[dict], prompts: list[str], *, n: int, ks, temperature: float,
+                 seed: int, max_tokens: int, stop, greedy: bool, vote_key) -> dict:
+    """The card numbers every direct model shares: pass@k, majority vote, greedy pass@1.
+
+    Args:
+        be: A backend.
+        verifier: The task's verifier.
+        problems, prompts: The problems and their prompts, in the same order.
+        n, ks, temperature, seed, max_tokens, stop: Sampling of the ``n`` samples per problem.
+        greedy: Also measure greedy pass@1.
+        vote_key: ``(text, verdict) -> key or None``: which samples are the same answer.
+    """
+    gens = be.generate(prompts, SamplingParams(n=n, max_tokens=max_tokens, temperature=temperature, seed=seed,
+                                               stop=stop))
+    per_k: dict[int, list[float]] = {k: [] for k in ks if k <= n}
+    maj, tokens = [], []
+    for prob, gen in zip(problems, gens):
+        verdicts = [verifier.verify(prob, c.text) for c in gen.completions]
+        c = sum(bool(v.correct) for v in verdicts)
+        for k in per_k:
+            per_k[k].append(pass_at_k(n, c, k))
+        tokens += [comp.completion_tokens for comp in gen.completions]
+        keys = [vote_key(comp.text, v) for comp, v in zip(gen.completions, verdicts)]
+        votes = Counter(key for key in keys if key)
+        if votes:
+            top = votes.most_common(1)[0][0]
+            maj.append(float(bool(next(v for key, v in zip(keys, verdicts) if key == top).correct)))
+        else:
+            maj.append(0.0)
+    out: dict = {
+        "n_problems": len(problems),
+        "temperature": temperature,
+        "samples_per_problem": n,
+        "seed": seed,
+        "pass_at_1": round(sum(per_k[1]) / len(problems), 4) if 1 in per_k else None,
+        "pass_at_1_ci95": mean_ci95(per_k.get(1, [])),
+        "pass_at_k": {str(k): round(sum(v) / len(problems), 4) for k, v in per_k.items()},
+        "pass_at_k_ci95": {str(k): mean_ci95(v) for k, v in per_k.items()},
+        f"majority_at_{n}": round(sum(maj) / len(problems), 4),
+        "mean_completion_tokens": round(sum(tokens) / max(1, len(tokens)), 2),
+    }
+    if greedy:
+        g = be.generate(prompts, SamplingParams(n=1, max_tokens=max_tokens, temperature=0.0, stop=stop))
+        ok = [float(bool(verifier.verify(p, x.completions[0].text).correct)) for p, x in zip(problems, g)]
+        out["pass_at_1_greedy"] = round(sum(ok) / len(ok), 4)
+        out["pass_at_1_greedy_ci95"] = mean_ci95(ok)
+    return out
+
+
 def evaluate_direct(
     model, problems: list[dict], n: int = 16, ks=(1, 4, 16), temperature: float = 0.7,
     seed: int = 0, greedy: bool = True, hints: bool = True, max_tokens: int = 96,
@@ -87,39 +137,9 @@ def evaluate_direct(
     be = _backend(model)
     ver = COUNTDOWN.verifier
     prompts = [COUNTDOWN.prompt(p) for p in problems]
-    gens = be.generate(prompts, SamplingParams(n=n, max_tokens=max_tokens, temperature=temperature, seed=seed, stop=COUNTDOWN.stop))
-    per_k: dict[int, list[float]] = {k: [] for k in ks if k <= n}
-    maj, tokens = [], []
-    for prob, gen in zip(problems, gens):
-        verdicts = [ver.verify(prob, c.text) for c in gen.completions]
-        c = sum(bool(v.correct) for v in verdicts)
-        for k in per_k:
-            per_k[k].append(pass_at_k(n, c, k))
-        tokens += [comp.completion_tokens for comp in gen.completions]
-        votes = Counter(a for a in (ver.canonical(comp.text) for comp in gen.completions) if a)
-        if votes:
-            top = votes.most_common(1)[0][0]
-            winner = next(v for comp, v in zip(gen.completions, verdicts) if ver.canonical(comp.text) == top)
-            maj.append(float(bool(winner.correct)))
-        else:
-            maj.append(0.0)
-    out: dict = {
-        "n_problems": len(problems),
-        "temperature": temperature,
-        "samples_per_problem": n,
-        "seed": seed,
-        "pass_at_1": round(sum(per_k[1]) / len(problems), 4) if 1 in per_k else None,
-        "pass_at_1_ci95": mean_ci95(per_k.get(1, [])),
-        "pass_at_k": {str(k): round(sum(v) / len(problems), 4) for k, v in per_k.items()},
-        "pass_at_k_ci95": {str(k): mean_ci95(v) for k, v in per_k.items()},
-        f"majority_at_{n}": round(sum(maj) / len(problems), 4),
-        "mean_completion_tokens": round(sum(tokens) / max(1, len(tokens)), 2),
-    }
-    if greedy:
-        g = be.generate(prompts, SamplingParams(n=1, max_tokens=max_tokens, temperature=0.0, stop=COUNTDOWN.stop))
-        ok = [float(bool(ver.verify(p, x.completions[0].text).correct)) for p, x in zip(problems, g)]
-        out["pass_at_1_greedy"] = round(sum(ok) / len(ok), 4)
-        out["pass_at_1_greedy_ci95"] = mean_ci95(ok)
+    out = sampled_card(be, ver, problems, prompts, n=n, ks=ks, temperature=temperature, seed=seed,
+                       max_tokens=max_tokens, stop=COUNTDOWN.stop, greedy=greedy,
+                       vote_key=lambda text, verdict: ver.canonical(text))
     if hints:
         out["hint"] = _hint_following(be, problems, temperature, seed, max_tokens)
     return out

@@ -13,14 +13,12 @@ same path strategies use. The verifier checks candidates against the givens only
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 
 from backends.types import SamplingParams
 
-from ..evaluate import mean_ci95, pass_at_k
+from ..evaluate import mean_ci95, sampled_card
 from . import DEFAULT_SIZE, SUDOKU
-from .generate import DEFAULT_GIVENS
 
 __all__ = ["evaluate_direct", "evaluate_search", "evaluate_checkpoint", "held_out", "write_card"]
 
@@ -48,41 +46,12 @@ def evaluate_direct(
     size = problems[0].get("size", DEFAULT_SIZE) if problems else DEFAULT_SIZE
     max_tokens = SUDOKU.max_tokens("direct", size)
     prompts = [SUDOKU.prompt(p) for p in problems]
-    gens = be.generate(prompts, SamplingParams(n=n, max_tokens=max_tokens, temperature=temperature, seed=seed, stop=SUDOKU.stop))
-    per_k: dict[int, list[float]] = {k: [] for k in ks if k <= n}
-    maj, tokens, cell_acc = [], [], []
-    for prob, gen in zip(problems, gens):
-        verdicts = [ver.verify(prob, c.text) for c in gen.completions]
-        c = sum(bool(v.correct) for v in verdicts)
-        for k in per_k:
-            per_k[k].append(pass_at_k(n, c, k))
-        tokens += [comp.completion_tokens for comp in gen.completions]
-        votes = Counter(v.answer for v in verdicts if v.answer)
-        if votes:
-            top = votes.most_common(1)[0][0]
-            maj.append(float(next(bool(v.correct) for v in verdicts if v.answer == top)))
-        else:
-            maj.append(0.0)
-    out: dict = {
-        "n_problems": len(problems),
-        "size": size,
-        "givens": sorted({p.get("givens") for p in problems if p.get("givens") is not None}),
-        "temperature": temperature,
-        "samples_per_problem": n,
-        "seed": seed,
-        "pass_at_1": round(sum(per_k[1]) / len(problems), 4) if 1 in per_k else None,
-        "pass_at_1_ci95": mean_ci95(per_k.get(1, [])),
-        "pass_at_k": {str(k): round(sum(v) / len(problems), 4) for k, v in per_k.items()},
-        "pass_at_k_ci95": {str(k): mean_ci95(v) for k, v in per_k.items()},
-        f"majority_at_{n}": round(sum(maj) / len(problems), 4),
-        "mean_completion_tokens": round(sum(tokens) / max(1, len(tokens)), 2),
-    }
-    if greedy:
-        g = be.generate(prompts, SamplingParams(n=1, max_tokens=max_tokens, temperature=0.0, stop=SUDOKU.stop))
-        ok = [float(bool(ver.verify(p, x.completions[0].text).correct)) for p, x in zip(problems, g)]
-        out["pass_at_1_greedy"] = round(sum(ok) / len(ok), 4)
-        out["pass_at_1_greedy_ci95"] = mean_ci95(ok)
-    return out
+    card = sampled_card(be, ver, problems, prompts, n=n, ks=ks, temperature=temperature, seed=seed,
+                        max_tokens=max_tokens, stop=SUDOKU.stop, greedy=greedy,
+                        vote_key=lambda text, verdict: verdict.answer)
+    # The same fields as before, with the board's size and givens after n_problems.
+    return {"n_problems": card.pop("n_problems"), "size": size,
+            "givens": sorted({p.get("givens") for p in problems if p.get("givens") is not None}), **card}
 
 
 def _budgets(ctx: int) -> list[int]:
