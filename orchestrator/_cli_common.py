@@ -12,7 +12,7 @@ from rich.console import Console
 
 from backends.errors import BadInputError
 
-__all__ = ["stdout", "stderr", "emit_json", "DbOption", "JsonOption", "jsonable", "read_text_arg"]
+__all__ = ["stdout", "stderr", "emit_json", "DbOption", "JsonOption", "jsonable", "read_text_arg", "open_orchestrator"]
 
 # Human output on stdout; progress bars, logs and warnings on stderr, so that
 # `--json` keeps stdout to exactly one JSON object.
@@ -53,3 +53,10 @@ def read_text_arg(value: str, what: str) -> str:
         except OSError as exc:
             raise BadInputError(f"cannot read {what} file {path}: {exc.strerror or exc}") from exc
     return value
+
+
+def open_orchestrator(db: str | None, device: str = "auto"):
+    """The Orchestrator a command works with (imported late: `ttc --help` loads no model code)."""
+    from .api import Orchestrator
+
+    return Orchestrator(db=db, device=device)

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from backends.errors import BadInputError
 from strategies.budget import Budget
 
-from ._cli_common import DbOption, JsonOption, emit_json, read_text_arg, stderr, stdout
+from ._cli_common import open_orchestrator, DbOption, JsonOption, emit_json, read_text_arg, stderr, stdout
 from ._cli_models import read_problems_file
 
 __all__ = ["solve", "evaluate", "read_problem", "strategy_params"]
@@ -56,12 +56,6 @@ def strategy_params(temperature, seed, n, max_tokens, extra: list[str] | None) -
     return params
 
 
-def _orchestrator(db: str | None, device: str = "auto"):
-    from .api import Orchestrator
-
-    return Orchestrator(db=db, device=device)
-
-
 def solve(
     task: Annotated[str, typer.Option("--task", help="Task family, e.g. countdown.")],
     problem: Annotated[str, typer.Option("--problem", help='Inline JSON or @file.json, e.g. {"numbers": [3, 5, 7], "target": 22}.')],
@@ -82,7 +76,7 @@ def solve(
     obj = read_problem(problem)
     budget = Budget(tokens=budget_tokens)
     params = strategy_params(temperature, seed, n, max_tokens, param)
-    with _orchestrator(db, device) as orc:
+    with open_orchestrator(db, device) as orc:
         result = orc.solve(task, obj, strategy=strategy, model=model, budget=budget, base_url=base_url, **params)
     chosen = next((c for c in result.candidates if result.answer is not None and c.answer == result.answer), None)
     reason = chosen.verdict.reason if chosen and chosen.verdict else None
@@ -131,7 +125,7 @@ def evaluate(
     params = strategy_params(temperature, seed, n, max_tokens, param)
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("correct {task.fields[ok]}"), TimeElapsedColumn(), console=stderr)
-    with _orchestrator(db, device) as orc, bar:
+    with open_orchestrator(db, device) as orc, bar:
         tid = bar.add_task(f"{task}/{strategy}", total=len(loaded), ok=0)
         solved = [0]
 

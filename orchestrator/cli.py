@@ -20,7 +20,7 @@ from backends.errors import TTCError
 from backends.types import SamplingParams
 from strategies.budget import Budget
 
-from ._cli_common import DbOption, JsonOption, emit_json, read_text_arg, stderr, stdout
+from ._cli_common import open_orchestrator, DbOption, JsonOption, emit_json, read_text_arg, stderr, stdout
 from ._cli_bench import bench_app
 from ._cli_models import models_app
 from ._cli_solve import evaluate, solve
@@ -47,12 +47,6 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks o
         os.environ["TTC_DEBUG"] = "1"
 
 
-def _orchestrator(db: str | None, device: str = "auto"):
-    from .api import Orchestrator
-
-    return Orchestrator(db=db, device=device)
-
-
 # ---------------------------------------------------------------------- generate
 
 
@@ -77,7 +71,7 @@ def generate(
     params = SamplingParams(n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
                             stop=tuple(stop or ()))
     budget = Budget(tokens=budget_tokens)
-    with _orchestrator(db, device) as orc:
+    with open_orchestrator(db, device) as orc:
         out = orc.generate(model, text, params=params, budget=budget, base_url=base_url)
     completions = [
         {"prompt_index": i, "index": j, "text": c.text, "completion_tokens": c.completion_tokens,
@@ -120,7 +114,7 @@ def traces_list(
     json_out: JsonOption = False,
 ) -> None:
     """List recent runs, newest first."""
-    with _orchestrator(db) as orc:
+    with open_orchestrator(db) as orc:
         runs = orc.list_runs(limit=limit, kind=kind, status=status)
     if json_out:
         emit_json({"runs": runs})
@@ -139,7 +133,7 @@ def traces_show(
     json_out: JsonOption = False,
 ) -> None:
     """Show one run: its spans as a tree, and its candidates."""
-    with _orchestrator(db) as orc:
+    with open_orchestrator(db) as orc:
         detail = orc.get_run(run_id)
     if json_out:
         emit_json(detail)
@@ -187,7 +181,7 @@ def traces_stats(
     json_out: JsonOption = False,
 ) -> None:
     """Totals over the store: runs by status, tokens per model, spans per kind."""
-    with _orchestrator(db) as orc:
+    with open_orchestrator(db) as orc:
         st = orc.stats(kind=kind)
     if json_out:
         emit_json(st)
