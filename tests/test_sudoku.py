@@ -25,6 +25,7 @@ from tasks.sudoku import (
     training_example,
     transform,
 )
+from tasks.sudoku.solver import candidates_mask
 from verifiers.sudoku import SudokuVerifier, format_grid, grid_errors, parse_grid
 
 V = SudokuVerifier()
@@ -101,7 +102,7 @@ def test_solver_counts_multiple_and_no_solutions():
 
 def test_prompt_formats_and_direct_completion():
     assert prompt(P6) == P6["grid"] + ":"
-    assert prompt(P6, "search") == "12=3\n21=6\n23=2\n32=1\n34=2\n35=5\n44=1\n46=3\n51=2\n52=5\n55=6\n?\n"
+    assert prompt(P6, "search") == P6["grid"].replace(".", "_") + "?\n"
     assert SUDOKU.prompt(P6) == P6["grid"] + ":"
     with pytest.raises(ValueError):
         prompt(P6, "plan")
@@ -121,21 +122,47 @@ def test_every_search_trace_round_trips(size, givens):
         problem = {"grid": format_grid(cells, size), "size": size}
         trace = search_trace(cells, size, max_chars=100_000)
         assert trace is not None and trace.endswith(".")
+        assert "." not in trace[:-1]  # "." is the stop string: a blank must not end the trace
         branched += "?" in trace
         rep = replay_trace(problem, trace)
         assert rep["well_formed"] and rep["legal"], trace
-        assert rep["cells"] == sol
         assert rep["answer"] == format_grid(sol, size)
         assert V.verify(problem, trace).correct
-        # An undo names a branch announced earlier; a dead end is followed by an undo.
         lines = trace.splitlines()
+        assert lines[-2] == format_grid(sol, size)  # the last grid line is the solution
         for k, line in enumerate(lines):
             if line.startswith("<"):
+                # An undo follows a dead end, names a branch announced earlier, and the
+                # grid after it holds the value it names.
+                assert lines[k - 1] == "x"
                 assert any(prev.startswith(line[1:3] + "?") for prev in lines[:k])
-            if line.endswith("x"):
-                assert lines[k + 1].startswith("<")
+                r, c, v = int(line[1]) - 1, int(line[2]) - 1, line[4]
+                assert lines[k + 1].split("/")[r][c] == v
+            if "?" in line:
+                r, c = int(line[0]) - 1, int(line[1]) - 1
+                assert lines[k + 1].split("/")[r][c] == line[3]
     if size == 6 and givens == 9:
         assert branched > 0
+
+
+def test_grid_lines_fill_exactly_the_single_candidates():
+    rng = random.Random(11)
+    cells, sol = make_puzzle(6, 12, rng)
+    lines = search_trace(cells, 6, max_chars=100_000).splitlines()
+    prev = list(cells)
+    for line in lines:
+        if not _is_grid(line):
+            break
+        now = parse_grid(line, 6)[0]
+        masks = candidates_mask(prev, 6)
+        filled = {i for i, (a, b) in enumerate(zip(prev, now)) if a != b}
+        assert filled == {i for i, m in enumerate(masks) if not prev[i] and m.bit_count() == 1}
+        assert all(now[i] == masks[i].bit_length() - 1 for i in filled)
+        prev = now
+
+
+def _is_grid(line: str) -> bool:
+    return "/" in line and not line.startswith("A:")
 
 
 def test_search_trace_with_backtracking_round_trips():
@@ -149,7 +176,7 @@ def test_search_trace_with_backtracking_round_trips():
     else:
         pytest.fail("no backtracking trace found")
     rep = replay_trace({"grid": format_grid(cells, 6), "size": 6}, trace)
-    assert rep["cells"] == sol and rep["well_formed"] and rep["legal"]
+    assert rep["answer"] == format_grid(sol, 6) and rep["well_formed"] and rep["legal"]
 
 
 def test_search_trace_length_cap():
@@ -164,8 +191,14 @@ def test_search_trace_length_cap():
 
 
 def test_replay_flags_illegal_and_malformed_traces():
-    rep = replay_trace(P6, "11=3\nhello\nA:" + S6 + ".")
-    assert not rep["legal"] and not rep["well_formed"]  # 3 is already in row 1
+    changed_given = ".5" + P6["grid"][2:]  # overwrites the given 3 of r1c2
+    rep = replay_trace(P6, changed_given + "\nhello\nA:" + S6 + ".")
+    assert not rep["legal"] and not rep["well_formed"]
+    # A grid line may not overwrite a digit of the grid it continues (except after an undo).
+    g1 = "13..../6.2.../.1.25./...1.3/25..6./......"
+    g2 = "15..../6.2.../.1.25./...1.3/25..6./......"
+    assert not replay_trace(P6, f"{g1}\n{g2}\nA:{S6}.")["legal"]
+    assert replay_trace(P6, f"11?14\n{g1}\nx\n<11=4\n{'4' + g1[1:]}\nA:{S6}.")["legal"]
 
 
 # --- verifier -------------------------------------------------------------------------------
@@ -287,9 +320,9 @@ def test_short_sudoku_training_run_saves_reloads_and_evaluates(tmp_path):
     for kind in ("direct", "search"):
         cfg = TrainConfig(name="tiny", task="sudoku", kind=kind, mix={kind: 1.0}, hidden_size=32, layers=1, heads=2,
                           kv_heads=1, intermediate_size=64, context=1024 if kind == "search" else 96,
-                          batch_tokens=1024, minutes=None, steps=2, warmup_steps=1, trace_max_chars=900)
+                          batch_tokens=1024, minutes=None, steps=2, warmup_steps=1, trace_max_chars=1000)
         p, c = next(example_stream(cfg, 0))
-        assert p.endswith(":" if kind == "direct" else "\n?\n") and c.endswith(".")
+        assert p.endswith(":" if kind == "direct" else "?\n") and c.endswith(".")
         state = train(cfg, tmp_path / kind, progress=False)
         assert state["steps"] == 2 and state["tokens"] > 0
         assert checkpoint_task(tmp_path / kind) == "sudoku"

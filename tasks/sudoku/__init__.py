@@ -26,6 +26,7 @@ from verifiers.sudoku import SudokuVerifier, format_grid, parse_grid
 from .formats import END, direct_completion, prompt, reference_solution, replay_trace, search_trace, training_example
 from .generate import DEFAULT_GIVENS, MIN_GIVENS, SPLITS, make_problems, make_puzzle, split_of, train_puzzles, transform
 from .solver import count_solutions, solve
+from .steps import SudokuSteps
 
 __all__ = [
     "SUDOKU",
@@ -46,6 +47,7 @@ __all__ = [
     "reference_solution",
     "solve",
     "count_solutions",
+    "SudokuSteps",
 ]
 
 #: Board size of the built-in models and of the held-out card measurements.
@@ -67,15 +69,18 @@ class SudokuTask:
     #: The model ``ttc solve`` uses when none is named.
     default_model = "sudoku-direct"
 
+    #: Step structure of direct answers (one row per step), for ``tree_search``.
+    steps = SudokuSteps()
+
     def __init__(self) -> None:
         self.verifier = SudokuVerifier()
         self.stop: tuple[str, ...] = (END,)
 
     def max_tokens(self, fmt: str = "direct", size: int = DEFAULT_SIZE) -> int:
         """Generation limit per format: a direct answer is the grid (size x (size+1)
-        characters); a search trace is long: 900, the longest trace ``sudoku-search`` was
-        trained on, which with the prompt fits its 1,024-token context."""
-        return size * (size + 1) + 8 if fmt == "direct" else 900
+        characters); a search trace is long: 980, what the 1,024-token context of
+        ``sudoku-search`` leaves after a 6x6 prompt (traces were trained up to 1,000)."""
+        return size * (size + 1) + 8 if fmt == "direct" else 980
 
     def make_problems(self, n: int, seed: int = 0, split: str = "test", size: int = DEFAULT_SIZE,
                       givens: int | None = None) -> list[dict]:
