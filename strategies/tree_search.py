@@ -1,16 +1,17 @@
 """``tree_search``: a controller-driven step-level search, under the same budget as the rest.
 
 For models that write their answer as steps (a CountDown direct answer is
-``18+17=35,35*35=1225,1225/49=25.``), the controller grows the answer one step at a time:
+``18+17=35,35*35=1225,1225/49=25.``, a Sudoku one is its rows ``135624/642315/...``), the
+controller grows the answer one step at a time:
 
 - **expand** a state (the prompt plus the steps so far) by sampling ``k`` next steps in
   ONE shared-prefix call (``n=k``, stop at the step delimiter or the answer end, with
   log-probabilities); identical steps are kept once;
 - **score** partial states by the model itself: the mean token log-probability of the
   path (every generated token of every step on it, accumulated along the path);
-- **prune** by the task's constraint check (``task.steps.dead_end``): a step that uses a
-  number not available, breaks an arithmetic rule, or leaves one number that is not the
-  target ends that branch. The task's exact solver and reference answers are never used;
+- **prune** by the task's constraint check (``task.steps.dead_end``): a CountDown step that
+  uses a number not available, breaks an arithmetic rule, or leaves one number that is not
+  the target, or a Sudoku row that changes a given or repeats a digit, ends that branch. The task's exact solver and reference answers are never used;
 - **verify** only complete answers, with the exact verifier, exactly as best-of-n gets to
   check its samples; the search stops at the first verified answer.
 
@@ -22,7 +23,7 @@ returns the best complete answer so far (highest path score) with stop reason
 ``"budget"`` (``"no_budget"`` when nothing could be sampled at all).
 
 A task supports ``tree_search`` by exposing a :class:`StepStructure` as its ``steps``
-attribute (``tasks.countdown.CountdownTask.steps``).
+attribute (``tasks.countdown.CountdownTask.steps``, ``tasks.sudoku.SudokuTask.steps``).
 """
 
 from __future__ import annotations

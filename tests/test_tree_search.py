@@ -365,6 +365,44 @@ def test_countdown_steps_never_prune_a_correct_answer():
             assert COUNTDOWN.verifier.verify(problem, text).correct is True
 
 
+# ---------------------------------------------------------------- Sudoku's step structure
+
+
+def test_sudoku_steps_parse_and_check_constraints():
+    from tasks.sudoku import SUDOKU, SudokuSteps
+
+    s = SudokuSteps()
+    assert isinstance(SUDOKU.steps, StepStructure)
+    p = {"grid": ".3..../6.2.../.1.25./...1.3/25..6./......", "size": 6}
+    rows = "135624/642315/314256/526143/253461/461532".split("/")
+    assert s.parse("135624/642315/") == rows[:2] and s.parse("") == [] and s.max_steps(p) == 6
+    for i in range(1, 7):
+        partial = "/".join(rows[:i])
+        assert not s.dead_end(p, partial) and s.complete(partial, p) == (i == 6)
+    assert s.complete("/".join(rows) + ".") and not s.complete("135624")
+    for bad in ("125634",  # changes the given 3 of r1c2
+                "135524",  # repeats 5 in the row
+                "13562",  # too short
+                "135624/132465",  # r2c1 must keep the given 6; and 1 repeats in column 1
+                "135624/642315/314265/526143/253416/461532x",
+                "135624/652314",  # 5 repeats in box 1 only
+                "135624/642315/531246",  # r3c2 must keep the given 1
+                "hello", "135624//"):
+        assert s.dead_end(p, bad), bad
+
+
+def test_sudoku_steps_never_prune_a_correct_answer():
+    from tasks.sudoku import SUDOKU, SudokuSteps, reference_solution
+    from verifiers.sudoku import format_grid
+
+    s = SudokuSteps()
+    for problem in SUDOKU.make_problems(20, seed=1, split="test"):
+        rows = format_grid(reference_solution(problem), 6).split("/")
+        for i in range(1, 7):
+            assert not s.dead_end(problem, "/".join(rows[:i])), (problem, i)
+        assert SUDOKU.verifier.verify(problem, "/".join(rows)).correct
+
+
 # ---------------------------------------------------------------- real model
 
 

@@ -170,8 +170,8 @@ def run_backtrack_vs_parallel(*, task: str, quick: bool = False, n_problems: int
         n_max *= 2
     par_points, par_meta = parallel_curve(t, direct, problems, n_max, target, progress)
     curves = {"best_of_n": par_points, "sequential": seq_points}
-    # tree_search needs a task with a step structure (CountDown has one; Sudoku's direct
-    # format is a whole grid, so it has none yet).
+    # tree_search needs a task with a step structure (CountDown: one operation per step;
+    # Sudoku: one row per step).
     if with_tree_search and "tree_search" in STRATEGIES and getattr(t, "steps", None) is not None:
         ts_problems = problems[: max(10, n_problems // (4 if quick else 2))]
         curves["tree_search"] = tree_search_curve(t, direct, ts_problems, [256, 1024] if quick else [128, 256, 512, 1024, 2048],
