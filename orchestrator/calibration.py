@@ -28,7 +28,10 @@ def default_menu(task, with_search: bool) -> list[MenuItem]:
     if getattr(task, "steps", None) is not None:
         menu.append(MenuItem(strategy="tree_search", params={}))
     if with_search:
-        menu += [MenuItem(strategy="sequential", params={"max_tokens": L}, model="search") for L in (256, 1024)]
+        # Up to the longest trace the task's search model writes (2,048 on CountDown).
+        cap = task.max_tokens("search")
+        menu += [MenuItem(strategy="sequential", params={"max_tokens": L}, model="search")
+                 for L in [L for L in (256, 1024) if L < cap] + [cap]]
     return menu
 
 

@@ -175,7 +175,7 @@ def evaluate_search(
     be = _backend(model)
     ctx = be.info.max_context or 1024
     if budgets is None:
-        budgets, b = [], 256
+        budgets, b = [], 128
         while b < ctx:
             budgets.append(b)
             b *= 2
@@ -189,12 +189,16 @@ def evaluate_search(
         lengths.append(comp.completion_tokens)
         ok = COUNTDOWN.verifier.verify(p, comp.text).correct
         solved_at.append(comp.completion_tokens if ok else None)
-    rates = {str(b): round(sum(1 for s in solved_at if s is not None and s <= b) / len(problems), 4) for b in budgets}
+    def within(b: int) -> list[float]:
+        return [1.0 if s is not None and s <= b else 0.0 for s in solved_at]
+
+    rates = {str(b): round(sum(within(b)) / len(problems), 4) for b in budgets}
     return {
         "n_problems": len(problems),
         "temperature": temperature,
         "seed": seed,
         "solve_rate_within_tokens": rates,
+        "solve_rate_ci95": {str(b): mean_ci95(within(b)) for b in budgets},
         "pass_at_1": rates[str(max(budgets))],
         "mean_completion_tokens": round(sum(lengths) / max(1, len(lengths)), 1),
     }

@@ -60,7 +60,8 @@ class CountdownTask:
         self.stop: tuple[str, ...] = (END,)
 
     def max_tokens(self, fmt: str = "direct") -> int:
-        """Generation limit per format: a direct answer is three short lines, a trace is long."""
+        """Generation limit per format: a direct answer is three short lines; a trace runs
+        to the 1,024-token context ``countdown-search`` was trained for."""
         return 64 if fmt == "direct" else 1024
 
     def make_problems(self, n: int, seed: int = 0, split: str = "test", n_numbers: int = 4) -> list[dict]:

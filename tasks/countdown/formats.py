@@ -15,14 +15,14 @@ Prompt (one line, no spaces around ">"), numbers in given order then the target:
     search:          "48 27 5 81>30?\\n"
 
 Search trace (depth-first, children sorted by a heuristic and pruned to the best few,
-one compact line per node: ``op:remaining numbers>target``; a leading space per depth; a
-two-number node that cannot reach the target ends in " x" and the search backtracks to
-the next sibling at the indentation shown; the trace ends in the solving operation, then
-an ``A:`` line with the whole path)::
+one compact line per node: ``op:remaining numbers>target``; a leading space per depth). A
+two-number node lists what its last step can give (``+65 -55 *300 /12``); when none is the
+target the search moves on to the next sibling at the indentation shown, else the next
+line is the solving operation and an ``A:`` line gives the whole path::
 
     81-48=33:27 5 33>30
-     33+27=60:5 60>30 x
-     33-27=6:5 6>30
+     33+27=60:5 60>30 +65 -55 *300 /12
+     33-27=6:5 6>30 +11 -1 *30
       6*5=30
     A:81-48=33,33-27=6,6*5=30.
 """
@@ -156,13 +156,18 @@ def search_trace(
                 return None
             path.append(step)
             if len(child) == 2:
-                done = next((s for s, c in moves(child) if c[0] == target), None)
+                # The leaf writes every result its two numbers give, whatever the target:
+                # arithmetic written apart from the target is honest, while a bare "dead
+                # end" verdict taught the model to invent a last step that hits the target.
+                finals = moves(child)
+                results = " " + " ".join(f"{s[1]}{c[0]}" for s, c in finals)
+                lines[-1] += results
+                if not add_len(len(results)):
+                    return None
+                done = next((s for s, c in finals if c[0] == target), None)
                 if done is not None:
                     path.append(done)
                     return add(f"{' ' * (depth + 1)}{format_step(done)}") or None
-                lines[-1] += " x"
-                if not add_len(2):
-                    return None
             else:
                 found = dfs(child, depth + 1)
                 if found is None:
