@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+from .._steps import split_steps
 from .formats import END
 
 __all__ = ["CountdownSteps", "DELIMITER"]
@@ -66,14 +67,7 @@ class CountdownSteps:
         A trailing delimiter or end marker (and surrounding blanks) is dropped; empty
         steps are kept as ``""`` so that a malformed answer stays malformed.
         """
-        text = partial_text.strip()
-        if text.endswith(self.end):
-            text = text[: -len(self.end)]
-        if text.endswith(self.delimiter):
-            text = text[: -len(self.delimiter)]
-        if not text.strip():
-            return []
-        return text.split(self.delimiter)
+        return split_steps(partial_text, self.delimiter, self.end)
 
     def _pool(self, problem: dict, partial_text: str) -> Counter | None:
         """Numbers left after the written steps, or None when a step breaks a rule."""

@@ -80,9 +80,9 @@ def _name(i: int, size: int) -> str:
     return f"{i // size + 1}{i % size + 1}"
 
 
-def _dead(cells: list[int], size: int) -> bool:
-    """True when a grid repeats a digit in a unit or has an empty cell with no candidate."""
-    masks = candidates_mask(cells, size)
+def _dead(cells: list[int], size: int, masks: list[int]) -> bool:
+    """True when a grid repeats a digit in a unit or has an empty cell with no candidate
+    (``masks``: its :func:`candidates_mask`, all zero when a digit repeats)."""
     if all(m == 0 for m in masks):
         return not all(cells) or bool(grid_errors(cells, size))
     return any(m == 0 and not v for m, v in zip(masks, cells))
@@ -106,7 +106,8 @@ def search_trace(cells: list[int], size: int, max_chars: int = 1000) -> str | No
     while True:
         if all(cells) and not grid_errors(cells, size):
             break
-        if _dead(cells, size):
+        masks = candidates_mask(cells, size)
+        if _dead(cells, size, masks):
             if not emit("x"):
                 return None
             while stack and not stack[-1][2]:
@@ -119,7 +120,6 @@ def search_trace(cells: list[int], size: int, max_chars: int = 1000) -> str | No
             if not (emit(f"<{_name(cell, size)}={cells[cell]}") and emit(_trace_grid(cells, size))):
                 return None
             continue
-        masks = candidates_mask(cells, size)
         singles = {i: m.bit_length() - 1 for i, m in enumerate(masks) if not cells[i] and m.bit_count() == 1}
         if singles:
             for i, v in singles.items():

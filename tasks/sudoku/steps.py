@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from verifiers.sudoku import box_shape, parse_grid
 
+from .._steps import split_steps
 from .formats import END
 
 __all__ = ["SudokuSteps", "DELIMITER"]
@@ -40,14 +41,7 @@ class SudokuSteps:
 
     def parse(self, partial_text: str) -> list[str]:
         """The rows written so far: ``"135624/642315/"`` -> ``["135624", "642315"]``."""
-        text = partial_text.strip()
-        if text.endswith(self.end):
-            text = text[: -len(self.end)]
-        if text.endswith(self.delimiter):
-            text = text[: -len(self.delimiter)]
-        if not text.strip():
-            return []
-        return [row.strip() for row in text.split(self.delimiter)]
+        return [row.strip() for row in split_steps(partial_text, self.delimiter, self.end)]
 
     def _rows(self, problem: dict, partial_text: str) -> tuple[list[list[int]], int] | None:
         """The rows as digits and the board size, or None when a rule is already broken."""
