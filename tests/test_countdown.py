@@ -10,7 +10,12 @@ import pytest
 from backends.errors import BadInputError
 from tasks.countdown import COUNTDOWN, HELD_OUT_TARGETS, make_problems, split_of
 from tasks.countdown.formats import (
-    direct_completion, follows_hint, hint_for, prompt, search_trace, training_example,
+    direct_completion,
+    follows_hint,
+    hint_for,
+    prompt,
+    search_trace,
+    training_example,
 )
 from tasks.countdown.solver import format_steps, moves, solvable, solvable_batch, solve
 from verifiers import CountdownVerifier, Verdict
@@ -48,7 +53,7 @@ def test_held_out_targets_and_disjoint_splits():
     val = make_problems(100, seed=0, split="val_target")
     assert not any(p["target"] in HELD_OUT_TARGETS for p in train + test)
     assert all(p["target"] in HELD_OUT_TARGETS for p in val)
-    key = lambda p: (tuple(sorted(p["numbers"])), p["target"])  # noqa: E731
+    key = lambda p: (tuple(sorted(p["numbers"])), p["target"])
     assert not {key(p) for p in train} & {key(p) for p in test}
     assert all(split_of(p["numbers"], p["target"]) == "test" for p in test)
     assert all(split_of(p["numbers"], p["target"]) == "train" for p in train)
@@ -283,3 +288,76 @@ def test_short_training_run_saves_and_reloads(tmp_path):
     ids = tok([prompt(P)], return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=5, do_sample=False)
     assert out.shape[1] <= ids["input_ids"].shape[1] + 5
+
+
+def test_rejection_sampling_keeps_only_verified_self_consistent_answers():
+    from backends.scripted import ScriptedBackend
+    from tasks.countdown.formats import direct_completion
+    from tasks.countdown.solver import solve
+    from tasks.rejection_sampling import sample_verified
+
+    def handler(prompt, i, params):
+        nums, target = prompt.rstrip(":").split(">")
+        numbers = [int(n) for n in nums.split()]
+        steps = solve(numbers, int(target))
+        good = direct_completion(steps, numbers)
+        # Same steps, wrong "numbers left" notes: the verifier accepts it, the filter must not.
+        bad_notes = direct_completion(steps).replace(",", ":1 2 3,", 1)
+        return [good, good, bad_notes, "1+1=2.", "garbage"][i % 5]
+
+    pairs, stats = sample_verified(ScriptedBackend(handler), n_problems=6, samples=5, temperature=1.0,
+                                   n_numbers={4: 1.0}, seed=0)
+    assert stats["problems"] == 6 and stats["samples"] == 30
+    assert len(pairs) == 6 and stats["solved_problems"] == 6  # one distinct good answer each
+    for prompt_text, completion in pairs:
+        nums, target = prompt_text.rstrip(":").split(">")
+        problem = {"numbers": [int(n) for n in nums.split()], "target": int(target)}
+        assert completion.endswith(".") and COUNTDOWN.verifier.verify(problem, completion).correct
+        assert ":1 2 3," not in completion
+
+
+def test_rft_stream_draws_from_the_pool_and_curriculum_switches_mix(monkeypatch, tmp_path):
+    import torch
+
+    from tasks import training
+    from tasks.training import TrainConfig, example_stream
+
+    pool = [("1 2>3:", "1+2=3.")]
+    cfg = TrainConfig(mix={"rft": 1.0})
+    stream = example_stream(cfg, 0, pool)
+    assert [next(stream) for _ in range(3)] == pool * 3
+
+    seen = []
+    real = training._batches
+
+    def spy(c, tokenizer, seed, pool=None):
+        seen.append(dict(c.mix))
+        return real(c, tokenizer, seed, pool)
+
+    monkeypatch.setattr(training, "_batches", spy)
+    torch.set_num_threads(1)
+    cfg = TrainConfig(name="tiny", hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate_size=64,
+                      batch_tokens=256, minutes=None, steps=4, warmup_steps=1,
+                      first_mix={"direct": 1.0}, first_fraction=0.5, mix={"plan": 1.0})
+    assert "first 50% of the run direct 100%, then plan 100%" in cfg.data_description()
+    training.train(cfg, tmp_path / "c", progress=False)
+    assert seen == [{"direct": 1.0}, {"plan": 1.0}]
+
+
+def test_follow_on_stage_starts_from_the_first_and_adds_up_its_cost(tmp_path):
+    import torch
+
+    from tasks.training import TrainConfig, train
+
+    torch.set_num_threads(1)
+    shape = {"name": "tiny", "hidden_size": 32, "layers": 1, "heads": 2, "kv_heads": 1, "intermediate_size": 64,
+             "batch_tokens": 256, "minutes": None, "warmup_steps": 1}
+    cfg = TrainConfig(**shape, steps=2, then=TrainConfig(**shape, steps=3, lr=1e-4))
+    state = train(cfg, tmp_path / "c", progress=False)
+    assert state["steps"] == 5 and state["continued_from"]["steps"] == 2
+    assert state["config"]["init_from"] == str(tmp_path / "c-stage1")
+    assert (tmp_path / "c" / "model.safetensors").is_file()
+    # A random model answers nothing right: rejection sampling must refuse, not train on nothing.
+    rft = TrainConfig(**shape, steps=1, init_from=str(tmp_path / "c"), mix={"rft": 1.0}, rft_problems=4, rft_samples=2)
+    with pytest.raises(ValueError, match="kept no answer"):
+        train(rft, tmp_path / "r", progress=False)
