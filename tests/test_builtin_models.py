@@ -93,3 +93,15 @@ def test_search_model_writes_traces_that_end_in_an_answer(task_name):
         solved += bool(r.correct)
     if task_name == "sudoku":
         assert solved >= 1
+
+
+def test_every_recipe_fits_the_sixty_minute_limit_across_its_stages():
+    from tasks.training import RECIPES
+
+    for name, cfg in RECIPES.items():
+        total, stage = 0.0, cfg
+        while stage is not None:
+            assert stage.minutes is not None, name
+            total += stage.minutes
+            stage = stage.then
+        assert total <= 60.0, (name, total)
