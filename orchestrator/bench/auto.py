@@ -17,6 +17,7 @@ import json
 import math
 import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ def _bon_curve(task, backend, problems, n_max: int) -> list[dict]:
 def run_auto_bench(*, task: str = "countdown", quick: bool = False, budget_tokens: int | None = None,
                    n_problems: int | None = None, n_calibration: int | None = None, db: str | None = None,
                    out_dir: Path = Path("bench/results"), progress=None) -> dict[str, Any]:
+    started = time.time()
     from tasks.registry import find_builtin, get_task
 
     from ..api import Orchestrator
@@ -106,7 +108,7 @@ def run_auto_bench(*, task: str = "countdown", quick: bool = False, budget_token
     finally:
         orc.close()
         tmp.cleanup()
-    result = bench_header("auto", seed=SEED, quick=quick, models=models, n_problems=n_problems)
+    result = bench_header("auto", seed=SEED, quick=quick, models=models, n_problems=n_problems, started=started)
     fixed = {k: v["accuracy"] for k, v in reports.items() if k != "auto"}
     result.update({
         "task": task, "budget_tokens": budget, "n_calibration": len(cal), "strategies": reports,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from strategies.tracing import NullTracer
 
 from .common import bench_header, wilson_ci95, write_result
 
-__all__ = ["run_backtrack_vs_parallel", "PAPER"]
+__all__ = ["PAPER", "run_backtrack_vs_parallel"]
 
 SEED = 0
 
@@ -148,6 +149,7 @@ def run_backtrack_vs_parallel(*, task: str, quick: bool = False, n_problems: int
                               direct_model: str | None = None, search_model: str | None = None,
                               with_tree_search: bool = True, out_dir: Path = Path("bench/results"),
                               progress=None) -> dict[str, Any]:
+    started = time.time()
     from backends.transformers_backend import TransformersBackend
     from strategies.registry import STRATEGIES
     from tasks.registry import get_task
@@ -184,7 +186,7 @@ def run_backtrack_vs_parallel(*, task: str, quick: bool = False, n_problems: int
     search_scales = last - first >= 2 / n_problems
 
     models = [{"name": b.name, "params": b.info.parameters, "digest": b.info.checkpoint_digest} for b in (direct, search)]
-    result = bench_header("backtrack-vs-parallel", seed=SEED, quick=quick, models=models, n_problems=n_problems)
+    result = bench_header("backtrack-vs-parallel", seed=SEED, quick=quick, models=models, n_problems=n_problems, started=started)
     result.update({
         "task": task, "curves": curves,
         "winner_at_max_budget": leaders[0] if len(leaders) == 1 else "tie:" + ",".join(leaders),

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["git_commit", "bench_header", "write_result", "wilson_ci95"]
+__all__ = ["bench_header", "git_commit", "wilson_ci95", "write_result"]
 
 
 def git_commit() -> str | None:
@@ -26,8 +26,12 @@ def git_commit() -> str | None:
     return f"{sha}-dirty" if dirty else sha
 
 
-def bench_header(name: str, *, seed: int, quick: bool, models: list[dict[str, Any]], n_problems: int) -> dict:
-    """Fields every bench JSON carries (DESIGN.md contracts)."""
+def bench_header(name: str, *, seed: int, quick: bool, models: list[dict[str, Any]], n_problems: int,
+                 started: float | None = None) -> dict:
+    """Fields every bench JSON carries (DESIGN.md contracts); ``started`` (a ``time.time()``)
+    adds the run's wall time so far as ``elapsed_s``."""
+    import time
+
     import torch
 
     return {
@@ -39,6 +43,7 @@ def bench_header(name: str, *, seed: int, quick: bool, models: list[dict[str, An
         "models": [m["name"] for m in models],
         "checkpoint_digests": {m["name"]: m.get("digest") for m in models},
         "n_problems": n_problems,
+        **({"elapsed_s": round(time.time() - started, 1)} if started is not None else {}),
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "torch_threads": torch.get_num_threads(), "cpu_count": _cpu_count()},
     }

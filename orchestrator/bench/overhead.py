@@ -27,6 +27,7 @@ N = 16
 
 def run_overhead(*, quick: bool = False, model: str | None = None, out_dir: Path = Path("bench/results"),
                  progress=None) -> dict[str, Any]:
+    started = time.time()
     import torch
 
     from backends.transformers_backend import TransformersBackend
@@ -78,7 +79,7 @@ def run_overhead(*, quick: bool = False, model: str | None = None, out_dir: Path
     med = {m: statistics.median(w) for m, w in walls.items()}
     info = backend.info
     model_row = {"name": name, "params": info.parameters, "digest": info.checkpoint_digest}
-    result = bench_header("overhead", seed=SEED, quick=quick, models=[model_row], n_problems=len(problems))
+    result = bench_header("overhead", seed=SEED, quick=quick, models=[model_row], n_problems=len(problems), started=started)
     result.update({
         "model": model_row, "n": N, "runs": runs, "same_answers": same_answers,
         "modes": {m: {"wall_s_median": med[m], "wall_s": walls[m]} for m in modes},

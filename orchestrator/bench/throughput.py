@@ -23,7 +23,7 @@ from backends.types import SamplingParams
 
 from .common import bench_header, write_result
 
-__all__ = ["run_throughput", "random_checkpoint"]
+__all__ = ["random_checkpoint", "run_throughput"]
 
 N_SAMPLES = 16
 MAX_TOKENS = 128
@@ -54,6 +54,7 @@ def random_checkpoint(out_dir: Path, *, seed: int = SEED) -> Path:
 def run_throughput(*, quick: bool = False, model: str | None = None, out_dir: Path = Path("bench/results"),
                    progress=None) -> dict[str, Any]:
     """Runs the benchmark, writes ``throughput.json`` and ``throughput.png``, returns the result."""
+    started = time.time()
     from backends.transformers_backend import TransformersBackend
 
     from ..models import resolve_checkpoint
@@ -99,7 +100,7 @@ def run_throughput(*, quick: bool = False, model: str | None = None, out_dir: Pa
     info = backend.info
     model_row = {"name": name, "path": str(path) if model else None, "params": info.parameters,
                  "digest": info.checkpoint_digest}
-    result = bench_header("throughput", seed=SEED, quick=quick, models=[model_row], n_problems=1)
+    result = bench_header("throughput", seed=SEED, quick=quick, models=[model_row], n_problems=1, started=started)
     result.update({
         "model": model_row, "n_samples": N_SAMPLES, "max_tokens": MAX_TOKENS,
         "prompt_tokens": backend.count_tokens(PROMPT), "rounds": rounds, "modes": rows,
