@@ -246,6 +246,17 @@ def evaluate_checkpoint(
                            ks=(1, 4) if quick else (1, 4, 16), greedy=not quick, hints=not quick)
 
 
+def _earlier_stage(train_state: dict) -> dict | None:
+    prev = train_state.get("continued_from") or {}
+    if not prev.get("config"):
+        return None
+    from .training import TrainConfig
+
+    cfg = TrainConfig(**prev["config"])
+    return {"minutes": prev["minutes"], "steps": prev["steps"], "tokens": prev["tokens"],
+            "data": cfg.data_description(), "lr": cfg.lr, "config": prev["config"]}
+
+
 def write_card(out_dir: str | Path, config, train_state: dict, results: dict, notes: str = "") -> dict:
     """Writes card.json and README.md (the model card) into a checkpoint directory."""
     out_dir = Path(out_dir)
@@ -271,6 +282,9 @@ def write_card(out_dir: str | Path, config, train_state: dict, results: dict, no
         "train_tokens": int(train_state["tokens"]),
         "final_loss": train_state.get("loss"),
         "hardware": "2 shared CPU cores, torch.set_num_threads(1)",
+        # A run continued from an earlier stage (a recipe's ``then``): its totals above include
+        # that stage, whose own figures and config are kept here.
+        "earlier_stage": _earlier_stage(train_state),
         "results": results,
         "notes": notes,
     }
@@ -287,6 +301,9 @@ def write_card(out_dir: str | Path, config, train_state: dict, results: dict, no
         f"- Data: {card['data']}",
         f"- Training: {card['train_minutes']:.1f} min on {card['hardware']}; {card['train_steps']} steps, "
         f"{card['train_tokens']:,} tokens; AdamW lr {config.lr} cosine, seed {config.seed}; final loss {card['final_loss']:.3f}",
+        *([(f"- Earlier stage (included in the totals): {card['earlier_stage']['minutes']:.1f} min, "
+             f"{card['earlier_stage']['steps']} steps, {card['earlier_stage']['tokens']:,} tokens; "
+             f"{card['earlier_stage']['data']}; lr {card['earlier_stage']['lr']}")] if card["earlier_stage"] else []),
         f"- Prompt: `{COUNTDOWN.prompt({'numbers': [48, 27, 5, 81], 'target': 30}, 'search' if config.kind == 'search' else 'direct')!s}`"
         .replace("\n", "\\n"),
         "",

@@ -100,7 +100,8 @@ class TrainConfig(BaseModel):
             from .sudoku.data import data_description
 
             return data_description(self)
-        mix = ", ".join(f"{k} {v:.0%}" for k, v in self.mix.items())
+        names = {"rft": "the start checkpoint's own verified answers (rejection sampling)"}
+        mix = ", ".join(f"{names.get(k, k)} {v:.0%}" for k, v in self.mix.items())
         sizes = ", ".join(f"{k} numbers {v:.0%}" for k, v in sorted(self.n_numbers.items()))
         if self.first_mix and self.first_fraction > 0:
             first = ", ".join(f"{k} {v:.0%}" for k, v in self.first_mix.items())

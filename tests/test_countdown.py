@@ -357,6 +357,11 @@ def test_follow_on_stage_starts_from_the_first_and_adds_up_its_cost(tmp_path):
     assert state["steps"] == 5 and state["continued_from"]["steps"] == 2
     assert state["config"]["init_from"] == str(tmp_path / "c-stage1")
     assert (tmp_path / "c" / "model.safetensors").is_file()
+    from tasks.evaluate import write_card
+
+    card = write_card(tmp_path / "c", TrainConfig(**state["config"]), state, {"pass_at_1": 0.0})
+    assert card["train_steps"] == 5 and card["earlier_stage"]["steps"] == 2
+    assert "Earlier stage (included in the totals)" in (tmp_path / "c" / "README.md").read_text()
     # A random model answers nothing right: rejection sampling must refuse, not train on nothing.
     rft = TrainConfig(**shape, steps=1, init_from=str(tmp_path / "c"), mix={"rft": 1.0}, rft_problems=4, rft_samples=2)
     with pytest.raises(ValueError, match="kept no answer"):
