@@ -38,8 +38,8 @@ def models_list(json_out: JsonOption = False) -> None:
 def models_train(
     name: Annotated[str, typer.Argument(help="Recipe name, e.g. countdown-direct.")],
     out: Annotated[Path | None, typer.Option("--out", help="Checkpoint directory (default: runs/NAME).")] = None,
-    minutes: Annotated[float | None, typer.Option("--minutes", min=0.01, help="Wall-time budget (overrides the recipe).")] = None,
-    steps: Annotated[int | None, typer.Option("--steps", min=1, help="Step budget instead of minutes.")] = None,
+    minutes: Annotated[float | None, typer.Option("--minutes", min=0.01, help="Wall-time budget of the whole run (overrides the recipe; split across its stages).")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", min=1, help="Step budget of the whole run instead of minutes (split across stages).")] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     threads: Annotated[int, typer.Option("--threads", min=1, help="torch CPU threads.")] = 1,
     json_out: JsonOption = False,
@@ -47,18 +47,13 @@ def models_train(
     """Train a built-in recipe from scratch on freshly generated data; saves a from_pretrained checkpoint."""
     import torch
 
-    from tasks.training import RECIPES, train
+    from tasks.training import RECIPES, train, with_budget
 
     if name not in RECIPES:
         raise BadInputError(f"unknown recipe {name!r}; valid recipes: {', '.join(sorted(RECIPES))}")
-    update: dict = {}
-    if minutes is not None:
-        update["minutes"] = minutes
-    if steps is not None:
-        update.update(steps=steps, minutes=minutes)
-    if seed is not None:
-        update["seed"] = seed
-    cfg = RECIPES[name].model_copy(update=update)
+    # A staged recipe (e.g. countdown-direct: solver answers, then rejection sampling)
+    # splits --minutes / --steps across its stages.
+    cfg = with_budget(RECIPES[name], minutes=minutes, steps=steps, seed=seed)
     out = out or Path("runs") / name
     torch.set_num_threads(threads)
     final = train(cfg, out, progress=not json_out)

@@ -25,7 +25,7 @@ from .countdown.formats import training_example
 from .countdown.generate import make_problems
 from .tokenizer import build_tokenizer
 
-__all__ = ["RECIPES", "TrainConfig", "build_model", "example_stream", "qwen2_to_llama", "train"]
+__all__ = ["RECIPES", "TrainConfig", "build_model", "example_stream", "qwen2_to_llama", "train", "with_budget"]
 
 
 class TrainConfig(BaseModel):
@@ -163,6 +163,37 @@ RECIPES: dict[str, TrainConfig] = {
         sudoku_size=6, sudoku_givens=(9, 18), trace_max_chars=1000, minutes=58.0,
     ),
 }
+
+
+def with_budget(cfg: TrainConfig, *, minutes: float | None = None, steps: int | None = None,
+                seed: int | None = None) -> TrainConfig:
+    """A copy of a (possibly staged) recipe whose whole run gets ``minutes`` or ``steps``.
+
+    The budget is split across the stages in proportion to the recipe's own minutes (each
+    stage gets at least one step); ``seed`` replaces every stage's seed.
+    """
+    stages, stage = [], cfg
+    while stage is not None:
+        stages.append(stage)
+        stage = stage.then
+    weights = [st.minutes or 1.0 for st in stages]
+    total = sum(weights)
+    out = None
+    for st, w in zip(reversed(stages), reversed(weights)):
+        update: dict = {"then": out}
+        if steps is not None:
+            update.update(steps=max(1, round(steps * w / total)), minutes=None if minutes is None else minutes * w / total)
+        elif minutes is not None:
+            update["minutes"] = minutes * w / total
+        if seed is not None:
+            update["seed"] = seed
+        if st.rft_problems and st.minutes and (steps is not None or minutes is not None):
+            # Sampling is part of a stage's time: a shorter stage samples fewer problems
+            # (~100 optimizer steps a minute here when the budget is in steps).
+            new = update["minutes"] if update.get("minutes") is not None else update["steps"] / 100
+            update["rft_problems"] = max(16, min(st.rft_problems, round(st.rft_problems * new / st.minutes)))
+        out = st.model_copy(update=update)
+    return out
 
 
 def build_model(cfg: TrainConfig, tokenizer):
@@ -418,7 +449,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     cfg = RECIPES[argv[0]]
     if len(argv) > 2:
-        cfg = cfg.model_copy(update={"minutes": float(argv[2])})
+        cfg = with_budget(cfg, minutes=float(argv[2]))
     final = train(cfg, argv[1])
     print(json.dumps({k: v for k, v in final.items() if k != "history"}))
 

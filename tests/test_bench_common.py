@@ -19,3 +19,11 @@ def test_header_carries_the_contract_fields_and_wall_time(tmp_path):
     assert json.loads(path.read_text())["bench"] == "x" and not list(tmp_path.glob("*.tmp"))
     lo, hi = wilson_ci95(1, 4)
     assert 0 < lo < 0.25 < hi < 1
+
+
+def test_sequential_budgets_step_by_half_octaves_up_to_the_context():
+    from orchestrator.bench.backtrack import _budgets_l
+
+    assert _budgets_l(980) == [128, 192, 256, 384, 512, 768, 980]
+    assert _budgets_l(1024) == [128, 192, 256, 384, 512, 768, 1024]
+    assert _budgets_l(100) == [100]

@@ -366,3 +366,17 @@ def test_follow_on_stage_starts_from_the_first_and_adds_up_its_cost(tmp_path):
     rft = TrainConfig(**shape, steps=1, init_from=str(tmp_path / "c"), mix={"rft": 1.0}, rft_problems=4, rft_samples=2)
     with pytest.raises(ValueError, match="kept no answer"):
         train(rft, tmp_path / "r", progress=False)
+
+
+def test_budget_overrides_split_across_a_staged_recipe():
+    from tasks.training import RECIPES, with_budget
+
+    small = RECIPES["countdown-direct-small"]
+    cfg = with_budget(small, steps=2)
+    assert (cfg.steps, cfg.then.steps) == (1, 1) and cfg.then.then is None
+    cfg = with_budget(small, minutes=1.9, seed=5)
+    assert abs(cfg.minutes + cfg.then.minutes - 1.9) < 1e-9 and cfg.minutes < cfg.then.minutes
+    assert cfg.seed == cfg.then.seed == 5 and cfg.then.lr == small.then.lr
+    direct = with_budget(RECIPES["countdown-direct"], minutes=5.8)
+    assert direct.then.rft_problems == 600 and RECIPES["countdown-direct"].then.rft_problems == 6000
+    assert with_budget(small) == small

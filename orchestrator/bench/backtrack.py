@@ -64,9 +64,12 @@ def _mean_ci(values: list[float]) -> list[float]:
 
 
 def _budgets_l(ctx: int) -> list[int]:
-    out, b = [], 256
+    """Trace-length budgets L for the sequential curve: 128, 192, 256, 384, ... below ``ctx``,
+    then ``ctx``. All come from one generation per problem, so half-octave steps are free and
+    show where traces start to finish (Sudoku's curve turns between 256 and 512)."""
+    out, b = [], 128
     while b < ctx:
-        out.append(b)
+        out += [x for x in (b, b * 3 // 2) if x < ctx]
         b *= 2
     return out + [ctx]
 
