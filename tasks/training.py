@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from .countdown.formats import training_example
 from .countdown.generate import make_problems
@@ -94,6 +94,12 @@ class TrainConfig(BaseModel):
     sudoku_size: int = 6
     sudoku_givens: tuple[int, int] = (10, 20)
 
+    @model_validator(mode="after")
+    def _rft_needs_samples(self) -> TrainConfig:
+        if ("rft" in self.mix or "rft" in (self.first_mix or {})) and not self.rft_problems:
+            raise ValueError("an 'rft' share in the mix needs rft_problems > 0 (and init_from)")
+        return self
+
     def data_description(self) -> str:
         """One line for the model card."""
         if self.task == "sudoku":
@@ -126,6 +132,8 @@ RECIPES: dict[str, TrainConfig] = {
             intermediate_size=512, lr=5e-4, warmup_steps=20, batch_tokens=3072, minutes=10.0,
             attention_bias=True, mix={"rft": 0.5, "direct": 0.3, "plan": 0.2}, n_numbers={4: 0.9, 3: 0.1},
             rft_problems=6000, rft_samples=8, rft_temperature=1.0,
+            # Seed 0 as stage 1 (so its solver half replays stage 1's first problems): what
+            # the shipped checkpoint was trained with; a new run would do better with seed 1.
         ),
     ),
     "countdown-direct-small": TrainConfig(
@@ -170,7 +178,8 @@ def with_budget(cfg: TrainConfig, *, minutes: float | None = None, steps: int | 
     """A copy of a (possibly staged) recipe whose whole run gets ``minutes`` or ``steps``.
 
     The budget is split across the stages in proportion to the recipe's own minutes (each
-    stage gets at least one step); ``seed`` replaces every stage's seed.
+    stage gets at least one step); ``seed`` replaces the first stage's seed and shifts the
+    others by the same amount.
     """
     stages, stage = [], cfg
     while stage is not None:
@@ -186,7 +195,7 @@ def with_budget(cfg: TrainConfig, *, minutes: float | None = None, steps: int | 
         elif minutes is not None:
             update["minutes"] = minutes * w / total
         if seed is not None:
-            update["seed"] = seed
+            update["seed"] = seed + st.seed - cfg.seed  # keeps the recipe's per-stage offsets
         if st.rft_problems and st.minutes and (steps is not None or minutes is not None):
             # Sampling is part of a stage's time: a shorter stage samples fewer problems
             # (~100 optimizer steps a minute here when the budget is in steps).
@@ -319,7 +328,7 @@ def _save(model, tokenizer, out_dir: Path, state: dict) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
+def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, *, _stage: int = 1) -> dict:
     """Trains a model from scratch and saves it to ``out_dir``.
 
     Args:
@@ -372,7 +381,15 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> di
             temperature=config.rft_temperature, n_numbers=config.n_numbers, seed=config.seed,
         )
         if not pool:
-            raise ValueError("rejection sampling kept no answer; the start checkpoint solves nothing")
+            # A start checkpoint that solves nothing (a shortened quick run) leaves an empty
+            # pool: train on the rest of the mix rather than fail after stage 1.
+            rest = {k: v for k, v in config.mix.items() if k != "rft"}
+            if not rest:
+                raise ValueError("rejection sampling kept no answer and the mix has nothing else to train on")
+            rft_stats["fallback"] = "no verified answer; trained on the rest of the mix"
+            config = config.model_copy(update={"mix": rest})
+            Console(stderr=True).print("[yellow]warning:[/] rejection sampling kept no answer; "
+                                       f"training on {', '.join(rest)} only")
     # The schedule spans the time left after sampling; the reported minutes include it.
     sched_start = time.time()
     sched_minutes = None if config.minutes is None else config.minutes - (sched_start - start) / 60
@@ -437,10 +454,11 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> di
     if config.then is None:
         return final
     # This stage's checkpoint moves aside; the next stage starts from it and writes out_dir.
-    first = out_dir.with_name(out_dir.name + "-stage1")
-    shutil.rmtree(first, ignore_errors=True)
-    shutil.copytree(out_dir, first)
-    return train(config.then.model_copy(update={"init_from": str(first)}), out_dir, progress)
+    out_dir = out_dir.resolve()
+    done = out_dir.with_name(f"{out_dir.name}-stage{_stage}")
+    shutil.rmtree(done, ignore_errors=True)
+    shutil.copytree(out_dir, done)
+    return train(config.then.model_copy(update={"init_from": str(done)}), out_dir, progress, _stage=_stage + 1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -323,7 +323,7 @@ def test_rft_stream_draws_from_the_pool_and_curriculum_switches_mix(monkeypatch,
     from tasks.training import TrainConfig, example_stream
 
     pool = [("1 2>3:", "1+2=3.")]
-    cfg = TrainConfig(mix={"rft": 1.0})
+    cfg = TrainConfig(mix={"rft": 1.0}, rft_problems=1)
     stream = example_stream(cfg, 0, pool)
     assert [next(stream) for _ in range(3)] == pool * 3
 
@@ -355,7 +355,7 @@ def test_follow_on_stage_starts_from_the_first_and_adds_up_its_cost(tmp_path):
     cfg = TrainConfig(**shape, steps=2, then=TrainConfig(**shape, steps=3, lr=1e-4))
     state = train(cfg, tmp_path / "c", progress=False)
     assert state["steps"] == 5 and state["continued_from"]["steps"] == 2
-    assert state["config"]["init_from"] == str(tmp_path / "c-stage1")
+    assert state["config"]["init_from"] == str((tmp_path / "c").resolve()) + "-stage1"
     assert (tmp_path / "c" / "model.safetensors").is_file()
     from tasks.evaluate import write_card
 
@@ -366,6 +366,13 @@ def test_follow_on_stage_starts_from_the_first_and_adds_up_its_cost(tmp_path):
     rft = TrainConfig(**shape, steps=1, init_from=str(tmp_path / "c"), mix={"rft": 1.0}, rft_problems=4, rft_samples=2)
     with pytest.raises(ValueError, match="kept no answer"):
         train(rft, tmp_path / "r", progress=False)
+    # With solver formats beside it, a shortened run trains on those and says so.
+    mixed = rft.model_copy(update={"mix": {"rft": 0.5, "direct": 0.5}})
+    state = train(mixed, tmp_path / "m", progress=False)
+    assert state["rejection_sampling"]["kept"] == 0 and "fallback" in state["rejection_sampling"]
+    assert state["config"]["mix"] == {"direct": 0.5}
+    with pytest.raises(ValueError, match="rft_problems"):
+        TrainConfig(mix={"rft": 1.0})
 
 
 def test_budget_overrides_split_across_a_staged_recipe():
@@ -376,7 +383,7 @@ def test_budget_overrides_split_across_a_staged_recipe():
     assert (cfg.steps, cfg.then.steps) == (1, 1) and cfg.then.then is None
     cfg = with_budget(small, minutes=1.9, seed=5)
     assert abs(cfg.minutes + cfg.then.minutes - 1.9) < 1e-9 and cfg.minutes < cfg.then.minutes
-    assert cfg.seed == cfg.then.seed == 5 and cfg.then.lr == small.then.lr
+    assert (cfg.seed, cfg.then.seed) == (5, 6) and cfg.then.lr == small.then.lr
     direct = with_budget(RECIPES["countdown-direct"], minutes=5.8)
     assert direct.then.rft_problems == 600 and RECIPES["countdown-direct"].then.rft_problems == 6000
     assert with_budget(small) == small
