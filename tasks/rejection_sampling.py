@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import random
 import time
-from pathlib import Path
 
 from backends.types import SamplingParams
 
@@ -48,12 +47,12 @@ def sample_verified(
         ``(pairs, stats)``: (prompt, completion) pairs ready for training (completions end
         with the stop string) and counts for the model card.
     """
-    from backends.transformers_backend import TransformersBackend
     from verifiers.countdown import parse_answer
 
     from .countdown import COUNTDOWN
     from .countdown.formats import END, direct_completion
     from .countdown.generate import make_problems
+    from .evaluate import _backend
 
     rng = random.Random(seed)
     sizes, weights = zip(*n_numbers.items())
@@ -64,12 +63,7 @@ def sample_verified(
         problems += make_problems(64, seed=seed * 7_919 + 1_000_003 + batch, split="train", n_numbers=size)
         batch += 1
     problems = problems[:n_problems]
-    if isinstance(model, (str, Path)):
-        from backends.transformers_backend import TransformersBackend
-
-        be = TransformersBackend(str(model), device="cpu")
-    else:
-        be = model
+    be = _backend(model)
     start = time.time()
     pairs: list[tuple[str, str]] = []
     solved = sampled = 0

@@ -100,6 +100,10 @@ class TrainConfig(BaseModel):
             raise ValueError("an 'rft' share in the mix needs rft_problems > 0 (and init_from)")
         return self
 
+    def stages(self) -> list[TrainConfig]:
+        """This stage and every follow-on stage (``then``), in training order."""
+        return [self] + (self.then.stages() if self.then else [])
+
     def data_description(self) -> str:
         """One line for the model card."""
         if self.task == "sudoku":
@@ -181,10 +185,7 @@ def with_budget(cfg: TrainConfig, *, minutes: float | None = None, steps: int | 
     stage gets at least one step); ``seed`` replaces the first stage's seed and shifts the
     others by the same amount.
     """
-    stages, stage = [], cfg
-    while stage is not None:
-        stages.append(stage)
-        stage = stage.then
+    stages = cfg.stages()
     weights = [st.minutes or 1.0 for st in stages]
     total = sum(weights)
     out = None

@@ -6,6 +6,7 @@ import json
 import math
 import platform
 import subprocess
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,6 @@ def bench_header(name: str, *, seed: int, quick: bool, models: list[dict[str, An
                  started: float | None = None) -> dict:
     """Fields every bench JSON carries (DESIGN.md contracts); ``started`` (a ``time.time()``)
     adds the run's wall time so far as ``elapsed_s``."""
-    import time
-
     import torch
 
     return {
