@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from backends.errors import BadInputError
+from ttc.backends.errors import BadInputError
 
 __all__ = ["stdout", "stderr", "emit_json", "DbOption", "JsonOption", "jsonable", "read_text_arg", "open_orchestrator"]
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from backends.errors import BadInputError
+from ttc.backends.errors import BadInputError
 
 from ._cli_common import JsonOption, emit_json, stderr, stdout
 
@@ -21,7 +21,7 @@ models_app = typer.Typer(help="Built-in checkpoints: list, train, evaluate.", no
 @models_app.command("list")
 def models_list(json_out: JsonOption = False) -> None:
     """List the built-in checkpoints."""
-    from tasks.registry import builtin_models
+    from ttc.tasks.registry import builtin_models
 
     rows = [{"name": m.name, "path": m.path, "task": m.task, "kind": m.kind, "params": m.params}
             for m in builtin_models()]
@@ -47,7 +47,7 @@ def models_train(
     """Train a built-in recipe from scratch on freshly generated data; saves a from_pretrained checkpoint."""
     import torch
 
-    from tasks.training import RECIPES, train, with_budget
+    from ttc.tasks.training import RECIPES, train, with_budget
 
     if name not in RECIPES:
         raise BadInputError(f"unknown recipe {name!r}; valid recipes: {', '.join(sorted(RECIPES))}")
@@ -103,8 +103,8 @@ def models_eval(
     """Reproduce a model card's numbers on its held-out split, or measure on a problem file."""
     import torch
 
-    from tasks.evaluate import evaluate_checkpoint
-    from tasks.registry import get_task
+    from ttc.tasks.evaluate import evaluate_checkpoint
+    from ttc.tasks.registry import get_task
 
     from .models import resolve_checkpoint
 

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from backends.errors import BadInputError
-from strategies.budget import Budget
+from ttc.backends.errors import BadInputError
+from ttc.strategies.budget import Budget
 
 from ._cli_common import open_orchestrator, DbOption, JsonOption, emit_json, read_text_arg, stderr, stdout
 from ._cli_models import read_problems_file
@@ -118,7 +118,7 @@ def evaluate(
     json_out: JsonOption = False,
 ) -> None:
     """Run a strategy over a problem file: accuracy with its 95% interval, and what it cost."""
-    from tasks.registry import get_task
+    from ttc.tasks.registry import get_task
 
     loaded = read_problems_file(problems, get_task(task))[:limit]
     budget = Budget(tokens=budget_tokens)

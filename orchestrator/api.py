@@ -17,16 +17,16 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from backends.base import Backend
-from backends.errors import BadInputError
-from backends.types import Generation, SamplingParams, Usage
-from store import RunDetail, RunRecord, StatsRecord, TraceStore
-from store.engine import resolve_db_url
-from strategies.budget import Budget, Ledger
-from strategies.calls import call_model
-from strategies.registry import get_strategy
-from strategies.result import Result
-from tasks.registry import get_task
+from ttc.backends.base import Backend
+from ttc.backends.errors import BadInputError
+from ttc.backends.types import Generation, SamplingParams, Usage
+from ttc.store import RunDetail, RunRecord, StatsRecord, TraceStore
+from ttc.store.engine import resolve_db_url
+from ttc.strategies.budget import Budget, Ledger
+from ttc.strategies.calls import call_model
+from ttc.strategies.registry import get_strategy
+from ttc.strategies.result import Result
+from ttc.tasks.registry import get_task
 
 from .models import load_backend
 from .tracing import StoreTracer, one_line

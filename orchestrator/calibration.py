@@ -13,10 +13,10 @@ import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from strategies.auto import MenuItem, Policy, PolicyEntry, inner_params, probe
-from strategies.budget import Budget, Ledger
-from strategies.registry import get_strategy
-from tasks.registry import find_builtin
+from ttc.strategies.auto import MenuItem, Policy, PolicyEntry, inner_params, probe
+from ttc.strategies.budget import Budget, Ledger
+from ttc.strategies.registry import get_strategy
+from ttc.tasks.registry import find_builtin
 
 __all__ = ["default_menu", "calibrate", "load_policy"]
 
@@ -49,7 +49,7 @@ def calibrate(
     on_problem: Callable[[int], None] | None = None,
 ) -> Policy:
     """Measures the menu on ``problems`` and records the Policy in the store (see module doc)."""
-    from tasks.registry import get_task
+    from ttc.tasks.registry import get_task
 
     task = get_task(task_name)
     backend = orc.backend(model or task.default_model)

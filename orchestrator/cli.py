@@ -16,9 +16,9 @@ from pydantic import ValidationError
 from rich.table import Table
 from rich.tree import Tree
 
-from backends.errors import TTCError
-from backends.types import SamplingParams
-from strategies.budget import Budget
+from ttc.backends.errors import TTCError
+from ttc.backends.types import SamplingParams
+from ttc.strategies.budget import Budget
 
 from ._cli_common import open_orchestrator, DbOption, JsonOption, emit_json, read_text_arg, stderr, stdout
 from ._cli_bench import bench_app

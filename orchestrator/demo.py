@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from strategies.budget import Budget
+from ttc.strategies.budget import Budget
 
 __all__ = ["run_demo"]
 
@@ -23,7 +23,7 @@ BUDGET_TOKENS = 800
 
 
 def run_demo(db: str | None = None, console: Console | None = None) -> dict[str, Any]:
-    from tasks.registry import get_task
+    from ttc.tasks.registry import get_task
 
     from .api import Orchestrator
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backends.base import Backend
-from backends.errors import CheckpointError
-from tasks.registry import builtin_models, find_builtin
+from ttc.backends.base import Backend
+from ttc.backends.errors import CheckpointError
+from ttc.tasks.registry import builtin_models, find_builtin
 
 __all__ = ["resolve_checkpoint", "load_backend"]
 
@@ -31,10 +31,10 @@ def load_backend(model: str, *, base_url: str | None = None, device: str = "auto
     """A backend for ``model``: an OpenAI-compatible server when ``base_url`` is given,
     else a local checkpoint (built-in name or directory) loaded in-process."""
     if base_url:
-        from backends.openai_backend import OpenAIBackend
+        from ttc.backends.openai_backend import OpenAIBackend
 
         return OpenAIBackend(base_url=base_url, model=model, **options)
-    from backends.transformers_backend import TransformersBackend
+    from ttc.backends.transformers_backend import TransformersBackend
 
     name, path = resolve_checkpoint(model)
     return TransformersBackend(path, name=name, device=device)

@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Iterator
 
-from store import CandidateRecord, SpanRecord, TraceStore
-from store.records import new_span_id, utcnow
+from ttc.store import CandidateRecord, SpanRecord, TraceStore
+from ttc.store.records import new_span_id, utcnow
 
 __all__ = ["StoreTracer", "one_line"]
 

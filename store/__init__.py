@@ -2,7 +2,7 @@
 
 The store knows nothing about the rest of ttc; it takes plain records::
 
-    from store import SpanRecord, TraceStore
+    from ttc.store import SpanRecord, TraceStore
 
     with TraceStore.open("sqlite:///ttc.db") as traces:
         run_id = traces.start_run("solve", "countdown")
@@ -10,7 +10,7 @@ The store knows nothing about the rest of ttc; it takes plain records::
         traces.end_run(run_id)
 """
 
-from store.engine import (
+from ttc.store.engine import (
     DEFAULT_DB_URL,
     BadDatabaseURL,
     StoreError,
@@ -18,8 +18,8 @@ from store.engine import (
     migrate,
     resolve_db_url,
 )
-from store.queries import RunNotFound, get_run, list_runs, stats
-from store.records import (
+from ttc.store.queries import RunNotFound, get_run, list_runs, stats
+from ttc.store.records import (
     CandidateRecord,
     ModelStats,
     RunDetail,
@@ -30,7 +30,7 @@ from store.records import (
     new_trace_id,
     utcnow,
 )
-from store.writer import TraceStore
+from ttc.store.writer import TraceStore
 
 __all__ = [
     "DEFAULT_DB_URL",

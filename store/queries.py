@@ -9,8 +9,8 @@ from __future__ import annotations
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from store.engine import StoreError, translate_errors
-from store.records import (
+from ttc.store.engine import StoreError, translate_errors
+from ttc.store.records import (
     CandidateRecord,
     ModelStats,
     RunDetail,
@@ -18,7 +18,7 @@ from store.records import (
     SpanRecord,
     StatsRecord,
 )
-from store.schema import Candidate, Run, Span
+from ttc.store.schema import Candidate, Run, Span
 
 __all__ = ["MIN_PREFIX", "RunNotFound", "get_run", "list_runs", "resolve_run_id", "stats"]
 

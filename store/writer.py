@@ -21,16 +21,16 @@ from pydantic import TypeAdapter
 from sqlalchemy import Connection, Engine, Insert, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from store import queries
-from store.engine import (
+from ttc.store import queries
+from ttc.store.engine import (
     StoreError,
     make_engine,
     migrate,
     resolve_db_url,
     write_transaction,
 )
-from store.queries import RunNotFound
-from store.records import (
+from ttc.store.queries import RunNotFound
+from ttc.store.records import (
     CandidateRecord,
     RunDetail,
     RunRecord,
@@ -39,7 +39,7 @@ from store.records import (
     new_trace_id,
     utcnow,
 )
-from store.schema import Candidate, Run, Span
+from ttc.store.schema import Candidate, Run, Span
 
 __all__ = ["TraceStore"]
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from backends.base import Backend
-from backends.types import SamplingParams, Usage
+from ttc.backends.base import Backend
+from ttc.backends.types import SamplingParams, Usage
 
 from .budget import Ledger
 from .calls import call_model

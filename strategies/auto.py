@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from backends.base import Backend
-from backends.errors import BadInputError
+from ttc.backends.base import Backend
+from ttc.backends.errors import BadInputError
 
 from ._rounds import Rounds, finish, sample_rounds, task_params
 from .budget import Ledger

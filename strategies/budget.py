@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from backends.errors import BadInputError
-from backends.types import Usage, UserInput
+from ttc.backends.errors import BadInputError
+from ttc.backends.types import Usage, UserInput
 
 from .cost import Cost
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from backends.base import Backend
-from backends.errors import BadInputError
-from backends.types import Generation, SamplingParams, Usage
+from ttc.backends.base import Backend
+from ttc.backends.errors import BadInputError
+from ttc.backends.types import Generation, SamplingParams, Usage
 
 from .budget import Ledger
 from .cost import Cost, CostModel, call_cost

@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from backends.types import ModelInfo
+from ttc.backends.types import ModelInfo
 
 __all__ = ["Cost", "CostModel", "call_cost", "paper_generation_flops", "agentts_pass_flops"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from backends.base import Backend
+from ttc.backends.base import Backend
 
 from ._rounds import task_params, answer_key, finish, sample_rounds
 from .budget import Ledger

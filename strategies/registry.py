@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from backends.errors import BadInputError
+from ttc.backends.errors import BadInputError
 
 from .auto import auto
 from .best_of_n import best_of_n

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from backends.types import Usage
-from verifiers.verdict import Verdict
+from ttc.backends.types import Usage
+from ttc.verifiers.verdict import Verdict
 
 __all__ = ["Candidate", "Result", "StopReason"]
 

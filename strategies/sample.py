@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from backends.base import Backend
+from ttc.backends.base import Backend
 
 from ._rounds import task_params, finish, sample_rounds
 from .budget import Ledger

@@ -32,9 +32,9 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from backends.base import Backend
-from backends.errors import BadInputError
-from backends.types import Completion, SamplingParams
+from ttc.backends.base import Backend
+from ttc.backends.errors import BadInputError
+from ttc.backends.types import Completion, SamplingParams
 
 from ._rounds import Rounds, finish, verify_candidates
 from .budget import Ledger

@@ -18,12 +18,12 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from backends.types import SamplingParams
+from ttc.backends.types import SamplingParams
 
 from .countdown import COUNTDOWN
 from .countdown.formats import follows_hint, hint_for
 from .countdown.solver import solve
-from verifiers.countdown import parse_answer
+from ttc.verifiers.countdown import parse_answer
 
 __all__ = [
     "pass_at_k",
@@ -62,7 +62,7 @@ def mean_ci95(values: list[float]) -> list[float]:
 
 def _backend(model):
     if isinstance(model, (str, Path)):
-        from backends.transformers_backend import TransformersBackend
+        from ttc.backends.transformers_backend import TransformersBackend
 
         return TransformersBackend(model, device="cpu")
     return model

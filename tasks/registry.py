@@ -57,7 +57,7 @@ def get_task(name: str):
     Raises:
         BadInputError: Unknown name; the message lists the valid ones.
     """
-    from backends.errors import BadInputError
+    from ttc.backends.errors import BadInputError
 
     tasks = _tasks()
     if name not in tasks:

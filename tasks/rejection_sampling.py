@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 import time
 
-from backends.types import SamplingParams
+from ttc.backends.types import SamplingParams
 
 __all__ = ["sample_verified"]
 
@@ -47,7 +47,7 @@ def sample_verified(
         ``(pairs, stats)``: (prompt, completion) pairs ready for training (completions end
         with the stop string) and counts for the model card.
     """
-    from verifiers.countdown import parse_answer
+    from ttc.verifiers.countdown import parse_answer
 
     from .countdown import COUNTDOWN
     from .countdown.formats import END, direct_completion

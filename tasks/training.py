@@ -463,7 +463,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, *, _s
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m tasks.training NAME OUT_DIR [minutes]``: train a recipe (for scripts)."""
+    """``python -m ttc.tasks.training NAME OUT_DIR [minutes]``: train a recipe (for scripts)."""
     argv = sys.argv[1:] if argv is None else argv
     torch.set_num_threads(1)
     cfg = RECIPES[argv[0]]

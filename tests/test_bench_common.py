@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from orchestrator.bench.common import bench_header, wilson_ci95, write_result
+from ttc.orchestrator.bench.common import bench_header, wilson_ci95, write_result
 
 
 def test_header_carries_the_contract_fields_and_wall_time(tmp_path):
@@ -22,7 +22,7 @@ def test_header_carries_the_contract_fields_and_wall_time(tmp_path):
 
 
 def test_sequential_budgets_step_by_half_octaves_up_to_the_context():
-    from orchestrator.bench.backtrack import _budgets_l
+    from ttc.orchestrator.bench.backtrack import _budgets_l
 
     assert _budgets_l(980) == [128, 192, 256, 384, 512, 768, 980]
     assert _budgets_l(1024) == [128, 192, 256, 384, 512, 768, 1024]

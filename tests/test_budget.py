@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
-from backends.errors import BadInputError
-from backends.types import Usage
-from strategies.budget import Budget, Ledger, Reservation
-from strategies.cost import Cost
+from ttc.backends.errors import BadInputError
+from ttc.backends.types import Usage
+from ttc.strategies.budget import Budget, Ledger, Reservation
+from ttc.strategies.cost import Cost
 
 
 class FakeClock:

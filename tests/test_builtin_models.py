@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.registry import builtin_models, find_builtin, get_task
+from ttc.tasks.registry import builtin_models, find_builtin, get_task
 
 EXPECTED = {"countdown-direct", "countdown-direct-small", "countdown-search", "sudoku-direct", "sudoku-search"}
 
@@ -56,8 +56,8 @@ def test_checkpoint_loads_with_auto_classes_and_has_a_card(name):
 @pytest.mark.parametrize("task_name", ["countdown", "sudoku"])
 def test_direct_model_best_of_n_solves_held_out_problems(task_name):
     """Best-of-16 with the exact verifier on easy held-out problems: a trained model solves some."""
-    from backends import TransformersBackend
-    from strategies import Budget, Ledger, NullTracer, get_strategy
+    from ttc.backends import TransformersBackend
+    from ttc.strategies import Budget, Ledger, NullTracer, get_strategy
 
     task = get_task(task_name)
     kwargs = {"n_numbers": 3} if task_name == "countdown" else {}
@@ -76,8 +76,8 @@ def test_direct_model_best_of_n_solves_held_out_problems(task_name):
 def test_search_model_writes_traces_that_end_in_an_answer(task_name):
     """The search models write traces in their format: within the budget, ending in an
     ``A:`` answer unless cut short; the Sudoku one solves held-out puzzles (see its card)."""
-    from backends import TransformersBackend
-    from strategies import Budget, Ledger, NullTracer, get_strategy
+    from ttc.backends import TransformersBackend
+    from ttc.strategies import Budget, Ledger, NullTracer, get_strategy
 
     task = get_task(task_name)
     kwargs = {"n_numbers": 3} if task_name == "countdown" else {}
@@ -96,7 +96,7 @@ def test_search_model_writes_traces_that_end_in_an_answer(task_name):
 
 
 def test_every_recipe_fits_the_sixty_minute_limit_across_its_stages():
-    from tasks.training import RECIPES
+    from ttc.tasks.training import RECIPES
 
     for name, cfg in RECIPES.items():
         minutes = [stage.minutes for stage in cfg.stages()]

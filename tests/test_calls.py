@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from backends.errors import BackendError, BadInputError
-from backends.scripted import ScriptedBackend
-from backends.types import SamplingParams
-from strategies.budget import Budget, Ledger
-from strategies.calls import call_model
-from strategies.cost import call_cost
-from strategies.tracing import NullTracer, Span, Tracer
+from ttc.backends.errors import BackendError, BadInputError
+from ttc.backends.scripted import ScriptedBackend
+from ttc.backends.types import SamplingParams
+from ttc.strategies.budget import Budget, Ledger
+from ttc.strategies.calls import call_model
+from ttc.strategies.cost import call_cost
+from ttc.strategies.tracing import NullTracer, Span, Tracer
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -258,7 +258,7 @@ def tiny(tmp_path_factory):
     torch.set_num_threads(1)  # tiny matmuls: one thread is faster, and the CPUs are shared
     from _tiny import make_checkpoint
 
-    from backends.transformers_backend import TransformersBackend
+    from ttc.backends.transformers_backend import TransformersBackend
 
     yield TransformersBackend(make_checkpoint(tmp_path_factory.mktemp("calls") / "tiny"), device="cpu")
     torch.set_num_threads(before)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from orchestrator.cli import main
+from ttc.orchestrator.cli import main
 
 
 def ttc(capsys, *args: str) -> tuple[int, str, str]:
@@ -144,7 +144,7 @@ def test_unreachable_database_exits_1(capsys):
 
 def test_console_script_runs_without_traceback(tmp_path):
     """The installed entry point, as a user runs it: bad input, exit 2, one line."""
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "traces", "list", "--db", "nope"],
+    proc = subprocess.run([sys.executable, "-m", "ttc", "traces", "list", "--db", "nope"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error:") and "Traceback" not in proc.stderr

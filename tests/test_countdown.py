@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 
-from backends.errors import BadInputError
-from tasks.countdown import COUNTDOWN, HELD_OUT_TARGETS, make_problems, split_of
-from tasks.countdown.formats import (
+from ttc.backends.errors import BadInputError
+from ttc.tasks.countdown import COUNTDOWN, HELD_OUT_TARGETS, make_problems, split_of
+from ttc.tasks.countdown.formats import (
     direct_completion,
     follows_hint,
     hint_for,
@@ -17,8 +17,8 @@ from tasks.countdown.formats import (
     search_trace,
     training_example,
 )
-from tasks.countdown.solver import format_steps, moves, solvable, solvable_batch, solve
-from verifiers import CountdownVerifier, Verdict
+from ttc.tasks.countdown.solver import format_steps, moves, solvable, solvable_batch, solve
+from ttc.verifiers import CountdownVerifier, Verdict
 
 V = CountdownVerifier()
 P = {"id": "p", "numbers": [48, 27, 5, 81], "target": 30}
@@ -238,7 +238,7 @@ def test_canonical_groups_equivalent_answers():
 def test_tokenizer_round_trip(tmp_path):
     from transformers import AutoTokenizer
 
-    from tasks.tokenizer import build_tokenizer
+    from ttc.tasks.tokenizer import build_tokenizer
 
     tok = build_tokenizer()
     tok.save_pretrained(tmp_path)
@@ -251,7 +251,7 @@ def test_tokenizer_round_trip(tmp_path):
 
 
 def tok_ids(text: str) -> list[int]:
-    from tasks.tokenizer import build_tokenizer
+    from ttc.tasks.tokenizer import build_tokenizer
 
     return build_tokenizer()(text, add_special_tokens=False)["input_ids"]
 
@@ -261,7 +261,7 @@ def test_short_training_run_saves_and_reloads(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tasks.training import RECIPES, TrainConfig, train
+    from ttc.tasks.training import RECIPES, TrainConfig, train
 
     torch.set_num_threads(1)
     assert {"countdown-direct", "countdown-direct-small", "countdown-search"} <= set(RECIPES)
@@ -270,7 +270,7 @@ def test_short_training_run_saves_and_reloads(tmp_path):
     state = train(cfg, tmp_path / "ckpt", progress=False)
     qcfg = cfg.model_copy(update={"arch": "qwen2", "name": "tinyq"})
     train(qcfg, tmp_path / "q", progress=False)
-    from tasks.training import qwen2_to_llama
+    from ttc.tasks.training import qwen2_to_llama
 
     qwen2_to_llama(tmp_path / "q", tmp_path / "q2l")
     q = AutoModelForCausalLM.from_pretrained(tmp_path / "q")
@@ -291,10 +291,10 @@ def test_short_training_run_saves_and_reloads(tmp_path):
 
 
 def test_rejection_sampling_keeps_only_verified_self_consistent_answers():
-    from backends.scripted import ScriptedBackend
-    from tasks.countdown.formats import direct_completion
-    from tasks.countdown.solver import solve
-    from tasks.rejection_sampling import sample_verified
+    from ttc.backends.scripted import ScriptedBackend
+    from ttc.tasks.countdown.formats import direct_completion
+    from ttc.tasks.countdown.solver import solve
+    from ttc.tasks.rejection_sampling import sample_verified
 
     def handler(prompt, i, params):
         nums, target = prompt.rstrip(":").split(">")
@@ -319,8 +319,8 @@ def test_rejection_sampling_keeps_only_verified_self_consistent_answers():
 def test_rft_stream_draws_from_the_pool_and_curriculum_switches_mix(monkeypatch, tmp_path):
     import torch
 
-    from tasks import training
-    from tasks.training import TrainConfig, example_stream
+    from ttc.tasks import training
+    from ttc.tasks.training import TrainConfig, example_stream
 
     pool = [("1 2>3:", "1+2=3.")]
     cfg = TrainConfig(mix={"rft": 1.0}, rft_problems=1)
@@ -347,7 +347,7 @@ def test_rft_stream_draws_from_the_pool_and_curriculum_switches_mix(monkeypatch,
 def test_follow_on_stage_starts_from_the_first_and_adds_up_its_cost(tmp_path):
     import torch
 
-    from tasks.training import TrainConfig, train
+    from ttc.tasks.training import TrainConfig, train
 
     torch.set_num_threads(1)
     shape = {"name": "tiny", "hidden_size": 32, "layers": 1, "heads": 2, "kv_heads": 1, "intermediate_size": 64,
@@ -357,7 +357,7 @@ def test_follow_on_stage_starts_from_the_first_and_adds_up_its_cost(tmp_path):
     assert state["steps"] == 5 and state["continued_from"]["steps"] == 2
     assert state["config"]["init_from"] == str((tmp_path / "c").resolve()) + "-stage1"
     assert (tmp_path / "c" / "model.safetensors").is_file()
-    from tasks.evaluate import write_card
+    from ttc.tasks.evaluate import write_card
 
     card = write_card(tmp_path / "c", TrainConfig(**state["config"]), state, {"pass_at_1": 0.0})
     assert card["train_steps"] == 5 and card["earlier_stage"]["steps"] == 2
@@ -376,7 +376,7 @@ def test_follow_on_stage_starts_from_the_first_and_adds_up_its_cost(tmp_path):
 
 
 def test_budget_overrides_split_across_a_staged_recipe():
-    from tasks.training import RECIPES, with_budget
+    from ttc.tasks.training import RECIPES, with_budget
 
     small = RECIPES["countdown-direct-small"]
     cfg = with_budget(small, steps=2)

@@ -11,10 +11,10 @@ import json
 import httpx
 import pytest
 
-from backends.base import Backend
-from backends.errors import BackendError, BadInputError, EndpointError
-from backends.openai_backend import OpenAIBackend
-from backends.types import ModelInfo, SamplingParams
+from ttc.backends.base import Backend
+from ttc.backends.errors import BackendError, BadInputError, EndpointError
+from ttc.backends.openai_backend import OpenAIBackend
+from ttc.backends.types import ModelInfo, SamplingParams
 
 URL = "http://fake:8000/v1"
 

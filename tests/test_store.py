@@ -20,7 +20,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from store import (
+from ttc.store import (
     DEFAULT_DB_URL,
     BadDatabaseURL,
     CandidateRecord,
@@ -34,8 +34,8 @@ from store import (
     resolve_db_url,
     utcnow,
 )
-from store.engine import MIGRATIONS_DIR
-from store.schema import Base
+from ttc.store.engine import MIGRATIONS_DIR
+from ttc.store.schema import Base
 
 REPO = Path(__file__).resolve().parents[1]
 HEAD = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
@@ -330,7 +330,7 @@ def test_sigkill_after_flush_loses_nothing_flushed(db_url, reader):
     child = run_python(
         """
         import sys, time
-        from store import SpanRecord, TraceStore
+        from ttc.store import SpanRecord, TraceStore
         store = TraceStore.open(sys.argv[1], flush_interval_s=3600)
         run_id = store.start_run("batch", "killed")
         for i in range(100):
@@ -358,7 +358,7 @@ def test_records_left_open_are_flushed_at_exit(db_url, reader):
     child = run_python(
         """
         import sys
-        from store import SpanRecord, TraceStore
+        from ttc.store import SpanRecord, TraceStore
         store = TraceStore.open(sys.argv[1], flush_interval_s=3600)
         run_id = store.start_run("solve", "forgot to close")
         store.add_span(SpanRecord(run_id=run_id, kind="llm", name="late"))

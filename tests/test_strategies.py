@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from backends import BadInputError, ScriptedBackend
-from orchestrator import Orchestrator
-from strategies import STRATEGIES, Budget, Ledger, NullTracer, get_strategy
-from tasks.countdown import COUNTDOWN
+from ttc.backends import BadInputError, ScriptedBackend
+from ttc.orchestrator import Orchestrator
+from ttc.strategies import STRATEGIES, Budget, Ledger, NullTracer, get_strategy
+from ttc.tasks.countdown import COUNTDOWN
 
 PROBLEM = {"id": "p", "numbers": [3, 5, 7], "target": 22}
 RIGHT = "3*5=15,15+7=22."
@@ -111,7 +111,7 @@ def test_solve_records_strategy_spans_and_candidates(sqlite_url):
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_each_strategy_runs_on_a_real_model(name, tiny_checkpoint):
     """A real (random-weight) transformers model under a budget: the control flow holds end to end."""
-    from backends import TransformersBackend
+    from ttc.backends import TransformersBackend
 
     backend = TransformersBackend(tiny_checkpoint, device="cpu")
     ledger = Ledger(Budget(tokens=600))
@@ -119,7 +119,7 @@ def test_each_strategy_runs_on_a_real_model(name, tiny_checkpoint):
     if name in ("best_of_n", "majority_vote", "weighted_vote"):
         params["n"] = 4
     if name == "auto":
-        from strategies.auto import MenuItem, Policy, PolicyEntry
+        from ttc.strategies.auto import MenuItem, Policy, PolicyEntry
 
         entry = PolicyEntry(item=MenuItem(strategy="best_of_n", params={"n": 2, "max_tokens": 24}), accuracy=0.5,
                             mean_tokens=50, n=1)
@@ -139,7 +139,7 @@ def test_auto_without_calibration_says_how_to_get_one(sqlite_url):
 
 
 def test_auto_probes_then_runs_the_calibrated_choice():
-    from strategies.auto import MenuItem, Policy, PolicyEntry
+    from ttc.strategies.auto import MenuItem, Policy, PolicyEntry
 
     bon = MenuItem(strategy="best_of_n", params={"n": 4})
     costly = MenuItem(strategy="best_of_n", params={"n": 64})
@@ -156,14 +156,14 @@ def test_auto_probes_then_runs_the_calibrated_choice():
 
 
 def test_auto_stops_when_the_probe_is_verified():
-    from strategies.auto import Policy
+    from ttc.strategies.auto import Policy
 
     result, _, backend = run("auto", [RIGHT], policy=Policy(task="countdown", model="scripted", probe=3))
     assert result.correct is True and result.stop_reason == "verified" and len(backend.calls) == 1
 
 
 def test_auto_breaks_ties_in_a_bin_by_the_pooled_curve():
-    from strategies.auto import MenuItem, Policy, PolicyEntry
+    from ttc.strategies.auto import MenuItem, Policy, PolicyEntry
 
     cheap, good = MenuItem(strategy="sample"), MenuItem(strategy="best_of_n", params={"n": 8})
     policy = Policy(task="countdown", model="m",

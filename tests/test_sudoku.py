@@ -8,9 +8,9 @@ import string
 
 import pytest
 
-from backends.errors import BadInputError
-from tasks.registry import get_task, task_names
-from tasks.sudoku import (
+from ttc.backends.errors import BadInputError
+from ttc.tasks.registry import get_task, task_names
+from ttc.tasks.sudoku import (
     SUDOKU,
     count_solutions,
     direct_completion,
@@ -25,8 +25,8 @@ from tasks.sudoku import (
     training_example,
     transform,
 )
-from tasks.sudoku.solver import candidates_mask
-from verifiers.sudoku import SudokuVerifier, format_grid, grid_errors, parse_grid
+from ttc.tasks.sudoku.solver import candidates_mask
+from ttc.verifiers.sudoku import SudokuVerifier, format_grid, grid_errors, parse_grid
 
 V = SudokuVerifier()
 P6 = {"grid": ".3..../6.2.../.1.25./...1.3/25..6./......", "size": 6}
@@ -65,7 +65,7 @@ def test_make_problems_is_seeded_split_and_unique():
 
 
 def test_training_stream_holds_only_train_puzzles():
-    from tasks.sudoku.generate import train_puzzles
+    from ttc.tasks.sudoku.generate import train_puzzles
 
     it = train_puzzles(0, 6, (9, 14))
     for _ in range(100):
@@ -310,10 +310,10 @@ def test_parse_problem_rejects(obj):
 def test_short_sudoku_training_run_saves_reloads_and_evaluates(tmp_path):
     import torch
 
-    from backends.transformers_backend import TransformersBackend
-    from tasks.evaluate import checkpoint_task
-    from tasks.sudoku.evaluate import evaluate_direct, evaluate_search
-    from tasks.training import RECIPES, TrainConfig, example_stream, train
+    from ttc.backends.transformers_backend import TransformersBackend
+    from ttc.tasks.evaluate import checkpoint_task
+    from ttc.tasks.sudoku.evaluate import evaluate_direct, evaluate_search
+    from ttc.tasks.training import RECIPES, TrainConfig, example_stream, train
 
     torch.set_num_threads(1)
     assert {"sudoku-direct", "sudoku-search"} <= set(RECIPES)

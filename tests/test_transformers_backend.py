@@ -20,9 +20,9 @@ pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).parent))
 from _tiny import char_tokenizer  # noqa: E402
 
-from backends.errors import BadInputError, CheckpointError  # noqa: E402
-from backends.transformers_backend import TransformersBackend, checkpoint_digest  # noqa: E402
-from backends.types import SamplingParams  # noqa: E402
+from ttc.backends.errors import BadInputError, CheckpointError  # noqa: E402
+from ttc.backends.transformers_backend import TransformersBackend, checkpoint_digest  # noqa: E402
+from ttc.backends.types import SamplingParams  # noqa: E402
 
 PROMPTS = ["hello", "a much longer prompt, here", "x", "12+7="]
 
@@ -431,7 +431,7 @@ def test_learned_positions_survive_left_padding(tmp_path):
 
 def test_stop_string_split_by_special_tokens_is_found(backend):
     """Special tokens decode to nothing, so "a<s><s>b" reads "ab" and must hit stop "ab"."""
-    from backends.transformers_backend import _Decoder
+    from ttc.backends.transformers_backend import _Decoder
 
     tok = backend.tokenizer
     a, b = tok.convert_tokens_to_ids(["a", "b"])
@@ -462,7 +462,7 @@ def _byte_level_checkpoint(path: Path) -> Path:
 
 def test_multibyte_stop_string_with_a_byte_level_tokenizer(tmp_path):
     """One character of three UTF-8 bytes spans three byte tokens; the stop check must see them all."""
-    from backends.transformers_backend import _Decoder
+    from ttc.backends.transformers_backend import _Decoder
 
     b = TransformersBackend(_byte_level_checkpoint(tmp_path / "bytes"), device="cpu")
     ids = b.tokenizer("ok。", add_special_tokens=False)["input_ids"]
@@ -502,8 +502,8 @@ def test_qwen2_checkpoint_keeps_its_character_tokenizer(tmp_path):
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from backends.transformers_backend import load_tokenizer
-    from tasks.tokenizer import build_tokenizer
+    from ttc.backends.transformers_backend import load_tokenizer
+    from ttc.tasks.tokenizer import build_tokenizer
 
     tok = build_tokenizer()
     cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from backends import BadInputError, ScriptedBackend
-from backends.types import Usage
-from orchestrator import Orchestrator
-from strategies import STRATEGIES, Budget, Ledger, NullTracer, get_strategy
-from strategies.tree_search import StepStructure, tree_search
-from tasks.countdown import COUNTDOWN
-from tasks.countdown.steps import CountdownSteps
-from verifiers.verdict import Verdict
+from ttc.backends import BadInputError, ScriptedBackend
+from ttc.backends.types import Usage
+from ttc.orchestrator import Orchestrator
+from ttc.strategies import STRATEGIES, Budget, Ledger, NullTracer, get_strategy
+from ttc.strategies.tree_search import StepStructure, tree_search
+from ttc.tasks.countdown import COUNTDOWN
+from ttc.tasks.countdown.steps import CountdownSteps
+from ttc.verifiers.verdict import Verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBLEM = {"id": "p", "numbers": [3, 5, 7], "target": 22}
@@ -310,8 +310,8 @@ def _imports(path: Path) -> set[str]:
 def test_the_solver_is_never_imported_nor_called(monkeypatch):
     for path in (ROOT / "strategies/tree_search.py", ROOT / "tasks/countdown/steps.py"):
         assert not any("solver" in name or "solve" in name.split(":")[-1] for name in _imports(path)), path
-    import tasks.countdown as cd
-    import tasks.countdown.solver as solver
+    import ttc.tasks.countdown as cd
+    import ttc.tasks.countdown.solver as solver
 
     def forbidden(*a, **k):
         raise AssertionError("a strategy called the exact solver")
@@ -349,8 +349,8 @@ def test_countdown_steps_parse_and_check_constraints():
 
 def test_countdown_steps_never_prune_a_correct_answer():
     """Every prefix of a correct direct answer stays open, and the whole is complete."""
-    from tasks.countdown.formats import direct_completion
-    from tasks.countdown.solver import solve  # the test makes reference data; strategies never do
+    from ttc.tasks.countdown.formats import direct_completion
+    from ttc.tasks.countdown.solver import solve  # the test makes reference data; strategies never do
 
     s, rng = CountdownSteps(), random.Random(0)
     for problem in COUNTDOWN.make_problems(40, seed=1, split="test"):
@@ -369,7 +369,7 @@ def test_countdown_steps_never_prune_a_correct_answer():
 
 
 def test_sudoku_steps_parse_and_check_constraints():
-    from tasks.sudoku import SUDOKU, SudokuSteps
+    from ttc.tasks.sudoku import SUDOKU, SudokuSteps
 
     s = SudokuSteps()
     assert isinstance(SUDOKU.steps, StepStructure)
@@ -392,8 +392,8 @@ def test_sudoku_steps_parse_and_check_constraints():
 
 
 def test_sudoku_steps_never_prune_a_correct_answer():
-    from tasks.sudoku import SUDOKU, SudokuSteps, reference_solution
-    from verifiers.sudoku import format_grid
+    from ttc.tasks.sudoku import SUDOKU, SudokuSteps, reference_solution
+    from ttc.verifiers.sudoku import format_grid
 
     s = SudokuSteps()
     for problem in SUDOKU.make_problems(20, seed=1, split="test"):
@@ -410,7 +410,7 @@ def test_sudoku_steps_never_prune_a_correct_answer():
 def tiny_backend(tiny_checkpoint):
     import torch
 
-    from backends import TransformersBackend
+    from ttc.backends import TransformersBackend
 
     torch.set_num_threads(1)
     return TransformersBackend(tiny_checkpoint, device="cpu")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from backends.types import Usage
+from ttc.backends.types import Usage
 
 __all__ = ["Verdict"]
 

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backends.types import SamplingParams
-from strategies.budget import Budget
+from ttc.backends.types import SamplingParams
+from ttc.strategies.budget import Budget
 
 from .common import bench_header, write_result
 
@@ -56,7 +56,7 @@ def run_auto_bench(*, task: str = "countdown", quick: bool = False, budget_token
                    n_problems: int | None = None, n_calibration: int | None = None, db: str | None = None,
                    out_dir: Path = Path("bench/results"), progress=None) -> dict[str, Any]:
     started = time.time()
-    from tasks.registry import find_builtin, get_task
+    from ttc.tasks.registry import find_builtin, get_task
 
     from ..api import Orchestrator
     from ..calibration import calibrate

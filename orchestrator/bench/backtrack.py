@@ -29,10 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backends.types import SamplingParams
-from strategies.budget import Budget, Ledger
-from strategies.cost import paper_generation_flops
-from strategies.tracing import NullTracer
+from ttc.backends.types import SamplingParams
+from ttc.strategies.budget import Budget, Ledger
+from ttc.strategies.cost import paper_generation_flops
+from ttc.strategies.tracing import NullTracer
 
 from .common import bench_header, wilson_ci95, write_result
 
@@ -125,7 +125,7 @@ def parallel_curve(task, backend, problems, n_max: int, target_flops: float | No
 
 
 def tree_search_curve(task, backend, problems, budgets: list[int], progress=None) -> list[dict]:
-    from strategies.registry import STRATEGIES
+    from ttc.strategies.registry import STRATEGIES
 
     run = STRATEGIES["tree_search"]
     points = []
@@ -153,9 +153,9 @@ def run_backtrack_vs_parallel(*, task: str, quick: bool = False, n_problems: int
                               with_tree_search: bool = True, out_dir: Path = Path("bench/results"),
                               progress=None) -> dict[str, Any]:
     started = time.time()
-    from backends.transformers_backend import TransformersBackend
-    from strategies.registry import STRATEGIES
-    from tasks.registry import get_task
+    from ttc.backends.transformers_backend import TransformersBackend
+    from ttc.strategies.registry import STRATEGIES
+    from ttc.tasks.registry import get_task
 
     from ..models import resolve_checkpoint
 

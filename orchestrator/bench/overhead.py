@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backends.types import SamplingParams
+from ttc.backends.types import SamplingParams
 
 from .common import bench_header, write_result
 
@@ -30,8 +30,8 @@ def run_overhead(*, quick: bool = False, model: str | None = None, out_dir: Path
     started = time.time()
     import torch
 
-    from backends.transformers_backend import TransformersBackend
-    from tasks.registry import find_builtin, get_task
+    from ttc.backends.transformers_backend import TransformersBackend
+    from ttc.tasks.registry import find_builtin, get_task
 
     from ..api import Orchestrator
     from ..models import resolve_checkpoint

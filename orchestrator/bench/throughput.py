@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backends.types import SamplingParams
+from ttc.backends.types import SamplingParams
 
 from .common import bench_header, write_result
 
@@ -38,7 +38,7 @@ def random_checkpoint(out_dir: Path, *, seed: int = SEED) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tasks.tokenizer import build_tokenizer
+    from ttc.tasks.tokenizer import build_tokenizer
 
     tok = build_tokenizer()
     torch.manual_seed(seed)
@@ -55,7 +55,7 @@ def run_throughput(*, quick: bool = False, model: str | None = None, out_dir: Pa
                    progress=None) -> dict[str, Any]:
     """Runs the benchmark, writes ``throughput.json`` and ``throughput.png``, returns the result."""
     started = time.time()
-    from backends.transformers_backend import TransformersBackend
+    from ttc.backends.transformers_backend import TransformersBackend
 
     from ..models import resolve_checkpoint
 

@@ -7,7 +7,7 @@ Migrations run only through :func:`store.engine.migrate`, which opens the transa
 
 from alembic import context
 
-from store.schema import Base
+from ttc.store.schema import Base
 
 connection = context.config.attributes.get("connection")
 if connection is None:

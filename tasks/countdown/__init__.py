@@ -2,7 +2,7 @@
 
 ``COUNTDOWN`` is the task object strategies and the orchestrator use::
 
-    from tasks.countdown import COUNTDOWN
+    from ttc.tasks.countdown import COUNTDOWN
     problems = COUNTDOWN.make_problems(200, seed=0, split="test")
     text = COUNTDOWN.prompt(problems[0])            # "48 27 5 81>30:"
     verdict = COUNTDOWN.verifier.verify(problems[0], completion_text)
@@ -10,8 +10,8 @@
 
 from __future__ import annotations
 
-from backends.errors import BadInputError
-from verifiers.countdown import CountdownVerifier
+from ttc.backends.errors import BadInputError
+from ttc.verifiers.countdown import CountdownVerifier
 
 from .formats import END, follows_hint, hint_for, prompt, search_trace
 from .generate import HELD_OUT_TARGETS, SPLITS, make_problems, split_of

@@ -12,7 +12,7 @@ The givens must not conflict; uniqueness of the solution is not required of user
 
 ``SUDOKU`` is the task object strategies and the orchestrator use::
 
-    from tasks.sudoku import SUDOKU
+    from ttc.tasks.sudoku import SUDOKU
     problems = SUDOKU.make_problems(200, seed=0, split="test")
     text = SUDOKU.prompt(problems[0])            # "1.3..6/..2.../...:"
     verdict = SUDOKU.verifier.verify(problems[0], completion_text)
@@ -20,8 +20,8 @@ The givens must not conflict; uniqueness of the solution is not required of user
 
 from __future__ import annotations
 
-from backends.errors import BadInputError
-from verifiers.sudoku import SudokuVerifier, format_grid, parse_grid
+from ttc.backends.errors import BadInputError
+from ttc.verifiers.sudoku import SudokuVerifier, format_grid, parse_grid
 
 from .formats import END, direct_completion, prompt, reference_solution, replay_trace, search_trace, training_example
 from .generate import DEFAULT_GIVENS, MIN_GIVENS, SPLITS, make_problems, make_puzzle, split_of, train_puzzles, transform

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from backends.types import SamplingParams
+from ttc.backends.types import SamplingParams
 
 from ..evaluate import mean_ci95, sampled_card
 from . import DEFAULT_SIZE, SUDOKU
@@ -25,7 +25,7 @@ __all__ = ["evaluate_direct", "evaluate_search", "evaluate_checkpoint", "held_ou
 
 def _backend(model):
     if isinstance(model, (str, Path)):
-        from backends.transformers_backend import TransformersBackend
+        from ttc.backends.transformers_backend import TransformersBackend
 
         return TransformersBackend(model, device="cpu")
     return model

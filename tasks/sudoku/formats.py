@@ -35,7 +35,7 @@ from __future__ import annotations
 import random
 import re
 
-from verifiers.sudoku import format_grid, grid_errors, parse_grid
+from ttc.verifiers.sudoku import format_grid, grid_errors, parse_grid
 
 from .solver import candidates_mask, solve
 

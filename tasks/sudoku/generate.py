@@ -18,7 +18,7 @@ import random
 import zlib
 from typing import Iterator
 
-from verifiers.sudoku import box_shape, format_grid
+from ttc.verifiers.sudoku import box_shape, format_grid
 
 from .solver import count_solutions, random_full_grid
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from functools import lru_cache
 
-from verifiers.sudoku import box_shape
+from ttc.verifiers.sudoku import box_shape
 
 __all__ = ["Geometry", "geometry", "solve", "count_solutions", "candidates_mask", "random_full_grid"]
 

@@ -14,7 +14,7 @@ at a reference answer.
 
 from __future__ import annotations
 
-from verifiers.sudoku import box_shape, parse_grid
+from ttc.verifiers.sudoku import box_shape, parse_grid
 
 from .._steps import split_steps
 from .formats import END

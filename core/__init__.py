@@ -1,0 +1,1 @@
+"""The core layer: what every layer above shares. Imports only ``ttc.backends``."""
