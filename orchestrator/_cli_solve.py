@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ttc.backends.errors import BadInputError
-from ttc.strategies.budget import Budget
+from ttc.core.budget import Budget
 
 from ._cli_common import open_orchestrator, DbOption, JsonOption, emit_json, read_text_arg, stderr, stdout
 from ._cli_models import read_problems_file

@@ -22,10 +22,10 @@ from ttc.backends.errors import BadInputError
 from ttc.backends.types import Generation, SamplingParams, Usage
 from ttc.store import RunDetail, RunRecord, StatsRecord, TraceStore
 from ttc.store.engine import resolve_db_url
-from ttc.strategies.budget import Budget, Ledger
-from ttc.strategies.calls import call_model
+from ttc.core.budget import Budget, Ledger
+from ttc.core.calls import call_model
 from ttc.strategies.registry import get_strategy
-from ttc.strategies.result import Result
+from ttc.core.types import Result
 from ttc.tasks.registry import get_task
 
 from .models import load_backend

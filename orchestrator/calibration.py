@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ttc.strategies.auto import MenuItem, Policy, PolicyEntry, inner_params, probe
-from ttc.strategies.budget import Budget, Ledger
+from ttc.core.budget import Budget, Ledger
 from ttc.strategies.registry import get_strategy
 from ttc.tasks.registry import find_builtin
 

@@ -18,7 +18,7 @@ from rich.tree import Tree
 
 from ttc.backends.errors import TTCError
 from ttc.backends.types import SamplingParams
-from ttc.strategies.budget import Budget
+from ttc.core.budget import Budget
 
 from ._cli_common import open_orchestrator, DbOption, JsonOption, emit_json, read_text_arg, stderr, stdout
 from ._cli_bench import bench_app

@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ttc.strategies.budget import Budget
+from ttc.core.budget import Budget
 
 __all__ = ["run_demo"]
 

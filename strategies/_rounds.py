@@ -15,11 +15,11 @@ from typing import Any
 from ttc.backends.base import Backend
 from ttc.backends.types import SamplingParams, Usage
 
-from .budget import Ledger
-from .calls import call_model
-from .cost import Cost
-from .result import Candidate, Result, StopReason
-from .tracing import Span, Tracer
+from ttc.core.budget import Ledger
+from ttc.core.calls import call_model
+from ttc.core.cost import Cost
+from ttc.core.types import Candidate, Result, StopReason
+from ttc.core.tracing import Span, Tracer
 
 __all__ = ["Rounds", "sample_rounds", "task_params", "verify_candidates", "answer_key", "finish", "DEFAULT_CAP"]
 

@@ -22,10 +22,10 @@ from ttc.backends.base import Backend
 from ttc.backends.errors import BadInputError
 
 from ._rounds import Rounds, finish, sample_rounds, task_params
-from .budget import Ledger
-from .cost import Cost
-from .result import Result
-from .tracing import Tracer
+from ttc.core.budget import Ledger
+from ttc.core.cost import Cost
+from ttc.core.types import Result
+from ttc.core.tracing import Tracer
 
 __all__ = ["auto", "probe", "inner_params", "MenuItem", "PolicyEntry", "Policy"]
 

@@ -14,9 +14,9 @@ from typing import Any
 from ttc.backends.base import Backend
 
 from ._rounds import task_params, answer_key, finish, sample_rounds
-from .budget import Ledger
-from .result import Result
-from .tracing import Tracer
+from ttc.core.budget import Ledger
+from ttc.core.types import Result
+from ttc.core.tracing import Tracer
 
 __all__ = ["majority_vote"]
 

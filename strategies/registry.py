@@ -12,7 +12,7 @@ from ttc.backends.errors import BadInputError
 from .auto import auto
 from .best_of_n import best_of_n
 from .majority_vote import majority_vote
-from .result import Result
+from ttc.core.types import Result
 from .sample import sample
 from .sequential import sequential
 from .tree_search import tree_search

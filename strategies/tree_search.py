@@ -37,10 +37,10 @@ from ttc.backends.errors import BadInputError
 from ttc.backends.types import Completion, SamplingParams
 
 from ._rounds import Rounds, finish, verify_candidates
-from .budget import Ledger
-from .calls import call_model
-from .result import Candidate, Result
-from .tracing import Span, Tracer
+from ttc.core.budget import Ledger
+from ttc.core.calls import call_model
+from ttc.core.types import Candidate, Result
+from ttc.core.tracing import Span, Tracer
 
 __all__ = ["tree_search", "StepStructure", "DEFAULT_MAX_EXPANSIONS"]
 

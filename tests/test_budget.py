@@ -9,8 +9,8 @@ import pytest
 
 from ttc.backends.errors import BadInputError
 from ttc.backends.types import Usage
-from ttc.strategies.budget import Budget, Ledger, Reservation
-from ttc.strategies.cost import Cost
+from ttc.core.budget import Budget, Ledger, Reservation
+from ttc.core.cost import Cost
 
 
 class FakeClock:

@@ -12,10 +12,10 @@ import pytest
 from ttc.backends.errors import BackendError, BadInputError
 from ttc.backends.scripted import ScriptedBackend
 from ttc.backends.types import SamplingParams
-from ttc.strategies.budget import Budget, Ledger
-from ttc.strategies.calls import call_model
-from ttc.strategies.cost import call_cost
-from ttc.strategies.tracing import NullTracer, Span, Tracer
+from ttc.core.budget import Budget, Ledger
+from ttc.core.calls import call_model
+from ttc.core.cost import call_cost
+from ttc.core.tracing import NullTracer, Span, Tracer
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ttc.backends.types import ModelInfo
-from ttc.strategies.cost import Cost, CostModel, agentts_pass_flops, call_cost, paper_generation_flops
+from ttc.core.cost import Cost, CostModel, agentts_pass_flops, call_cost, paper_generation_flops
 
 # A shape small enough to compute by hand.
 #   N (matmul params) = 800; layers = 2; h = 8; mlp = 16; heads 2 x head_dim 4 -> d_attn = 8;

@@ -6,7 +6,8 @@ import pytest
 
 from ttc.backends import BadInputError, ScriptedBackend
 from ttc.orchestrator import Orchestrator
-from ttc.strategies import STRATEGIES, Budget, Ledger, NullTracer, get_strategy
+from ttc.core import Budget, Ledger, NullTracer
+from ttc.strategies import STRATEGIES, get_strategy
 from ttc.tasks.countdown import COUNTDOWN
 
 PROBLEM = {"id": "p", "numbers": [3, 5, 7], "target": 22}

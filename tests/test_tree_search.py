@@ -13,11 +13,12 @@ import pytest
 from ttc.backends import BadInputError, ScriptedBackend
 from ttc.backends.types import Usage
 from ttc.orchestrator import Orchestrator
-from ttc.strategies import STRATEGIES, Budget, Ledger, NullTracer, get_strategy
+from ttc.core import Budget, Ledger, NullTracer
+from ttc.strategies import STRATEGIES, get_strategy
 from ttc.strategies.tree_search import StepStructure, tree_search
 from ttc.tasks.countdown import COUNTDOWN
 from ttc.tasks.countdown.steps import CountdownSteps
-from ttc.verifiers.verdict import Verdict
+from ttc.core.types import Verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBLEM = {"id": "p", "numbers": [3, 5, 7], "target": 22}

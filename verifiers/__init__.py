@@ -1,7 +1,8 @@
-"""Verifiers judge candidates; ``Verdict`` is their shared result type."""
+"""Verifiers judge candidates with the shared ``Verdict`` (from ``ttc.core``)."""
+
+from ttc.core.types import Verdict
 
 from .countdown import CountdownVerifier
 from .sudoku import SudokuVerifier
-from .verdict import Verdict
 
 __all__ = ["Verdict", "CountdownVerifier", "SudokuVerifier"]

@@ -20,7 +20,7 @@ import re
 from collections import Counter
 from fractions import Fraction
 
-from .verdict import Verdict
+from ttc.core.types import Verdict
 
 __all__ = ["CountdownVerifier", "parse_answer", "ParsedAnswer"]
 

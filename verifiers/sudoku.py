@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 
-from .verdict import Verdict
+from ttc.core.types import Verdict
 
 __all__ = ["SudokuVerifier", "BOX_SHAPES", "box_shape", "parse_grid", "format_grid", "read_candidate_grid", "grid_errors"]
 

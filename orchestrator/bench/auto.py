@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ttc.backends.types import SamplingParams
-from ttc.strategies.budget import Budget
+from ttc.core.budget import Budget
 
 from .common import bench_header, write_result
 

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from ttc.backends.types import SamplingParams
-from ttc.strategies.budget import Budget, Ledger
-from ttc.strategies.cost import paper_generation_flops
-from ttc.strategies.tracing import NullTracer
+from ttc.core.budget import Budget, Ledger
+from ttc.core.cost import paper_generation_flops
+from ttc.core.tracing import NullTracer
 
 from .common import bench_header, wilson_ci95, write_result
 

@@ -1,4 +1,4 @@
-"""What every strategy returns."""
+"""The shared vocabulary: Verdict, Candidate, Result."""
 
 from __future__ import annotations
 
@@ -7,11 +7,29 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from ttc.backends.types import Usage
-from ttc.verifiers.verdict import Verdict
 
-__all__ = ["Candidate", "Result", "StopReason"]
+__all__ = ["Candidate", "Result", "StopReason", "Verdict"]
 
 StopReason = Literal["verified", "done", "budget", "no_budget"]
+
+
+class Verdict(BaseModel):
+    """A verifier's judgement.
+
+    Attributes:
+        correct: True or False when the verifier can decide, None when it cannot.
+        score: Higher is better; 1.0/0.0 for exact checkers, a probability for judges.
+        reason: One line a person can read ("uses 7 twice", "hits 24").
+        answer: The answer the verifier parsed from the candidate text, if any.
+        usage: Tokens the verifier itself spent (a judge model's), for the record: a judge charges the ledger itself
+            (through the core) before it calls, so callers never charge it again.
+    """
+
+    correct: bool | None
+    score: float
+    reason: str = ""
+    answer: str | None = None
+    usage: Usage = Usage()
 
 
 class Candidate(BaseModel):
