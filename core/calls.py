@@ -74,13 +74,18 @@ def call_model(
         raise BadInputError("call_model() takes a list of prompts, not one string")
     tracer = tracer or NullTracer()
     held, n, max_tokens = [], params.n, params.max_tokens
+    # A pooled cap is reserved as the pool only where the backend enforces it; elsewhere
+    # (a remote server) the worst case, max_tokens x n, stays the rule.
+    pool = params.max_total_tokens if getattr(backend, "pools_tokens", False) else None
     try:
         for p in prompts:
-            r = ledger.reserve(backend.count_tokens(p), max_tokens, n, min_tokens=min_tokens)
+            r = ledger.reserve(backend.count_tokens(p), max_tokens, n, min_tokens=min_tokens, pool=pool)
             if r is None:
                 break
             held.append(r)
             n, max_tokens = min(n, r.n), min(max_tokens, r.max_tokens)
+            if pool is not None:
+                pool = r.pool  # never more than asked; the last prompt held sets the common pool
     except BaseException:
         # count_tokens failed (a prompt too long for the context): hold nothing.
         for r in held:
@@ -89,7 +94,9 @@ def call_model(
     result = CallResult(skipped=len(prompts) - len(held))
     if not held:
         return result
-    used = params.model_copy(update={"n": n, "max_tokens": max_tokens})
+    if pool is not None and pool >= max_tokens * n:
+        pool = None  # the pool cannot bind: an ordinary call, decoded exactly as without one
+    used = params.model_copy(update={"n": n, "max_tokens": max_tokens, "max_total_tokens": pool})
     result.params = used
     with tracer.span("llm", name, **{
         "gen_ai.operation.name": "text_completion",
@@ -100,6 +107,7 @@ def call_model(
         "gen_ai.request.choice.count": n,
         "gen_ai.request.seed": used.seed,
         "ttc.prompts": len(held),
+        "ttc.pool": pool,
     }) as span:
         try:
             gens = backend.generate(list(prompts[: len(held)]), used)

@@ -56,6 +56,8 @@ class Result(BaseModel):
         flops, paper_flops, eflops: Compute charged (see ``strategies.cost``).
         stop_reason: "verified" (an answer was confirmed), "done" (the strategy ran its
             course), "budget" (the budget ran out) or "no_budget" (not even one sample fit).
+        overdrawn: A backend spent more than the budget allowed (a remote server that
+            ignored max_tokens); its usage was charged as reported.
         trace_id: The run in the trace store, when traced.
     """
 
@@ -69,4 +71,5 @@ class Result(BaseModel):
     paper_flops: float | None = 0.0
     eflops: float | None = 0.0
     stop_reason: StopReason = "done"
+    overdrawn: bool = False
     trace_id: str | None = None

@@ -9,7 +9,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,8 +23,9 @@ from ttc.store import RunDetail, RunRecord, StatsRecord, TraceStore
 from ttc.store.engine import resolve_db_url
 from ttc.core.budget import Budget, Ledger
 from ttc.core.calls import call_model
-from ttc.strategies.registry import get_strategy
+from ttc.core.contracts import ModelPool, SolveContext
 from ttc.core.types import Result
+from ttc.strategies.registry import StrategySpec, get_strategy
 from ttc.tasks.registry import get_task
 
 from .models import load_backend
@@ -44,6 +44,7 @@ class GenerateResult(BaseModel):
         usage: Tokens charged (shared prefixes counted once).
         flops, paper_flops, eflops: Compute charged (None where the model's shape is unknown).
         skipped: Prompts not sent because the budget could not hold them.
+        overdrawn: The backend spent more than the budget allowed (charged as reported).
     """
 
     trace_id: str
@@ -54,14 +55,7 @@ class GenerateResult(BaseModel):
     paper_flops: float | None
     eflops: float | None
     skipped: int = 0
-
-
-def _check_params(name: str, fn: Any, params: dict[str, Any]) -> None:
-    accepted = [p for p, v in inspect.signature(fn).parameters.items() if v.kind is v.KEYWORD_ONLY]
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise BadInputError(f"strategy {name!r} takes no parameter {', '.join(unknown)}; "
-                            f"it takes: {', '.join(accepted) or 'none'}")
+    overdrawn: bool = False
 
 
 def _parse_problem(task_obj, problem: dict | str) -> dict:
@@ -75,13 +69,32 @@ def _parse_problem(task_obj, problem: dict | str) -> dict:
 
 def _jsonable_params(params: dict[str, Any]) -> dict[str, Any]:
     # Objects handed to a strategy (a policy, a backend) are not part of its parameters' record.
-    return {k: v for k, v in params.items() if k not in ("policy", "search_backend")}
+    return {k: v for k, v in params.items() if isinstance(v, (str, int, float, bool, type(None), list, dict))}
+
+
+def _cut(result: Result) -> int:
+    return sum(c.finish_reason == "budget" for c in result.candidates)
 
 
 def _outcome(result: Result) -> dict[str, Any]:
     return {"answer": result.answer, "correct": result.correct, "tokens": result.tokens, "flops": result.flops,
             "paper_flops": result.paper_flops, "eflops": result.eflops, "stop_reason": result.stop_reason,
-            "candidates": len(result.candidates)}
+            "candidates": len(result.candidates), "samples": len(result.candidates), "cut": _cut(result)}
+
+
+class _StoreArtifacts:
+    """The context's artifact lookup over the trace store: newest ``ok`` run of a kind
+    whose attributes match."""
+
+    def __init__(self, orc: "Orchestrator"):
+        self._orc = orc
+
+    def latest(self, kind: str, **match: Any) -> dict[str, Any] | None:
+        for run in self._orc.list_runs(limit=100, kind=kind, status="ok"):
+            attrs = run.attributes or {}
+            if all(attrs.get(k) == v for k, v in match.items()):
+                return attrs
+        return None
 
 
 class EvalReport(BaseModel):
@@ -91,6 +104,7 @@ class EvalReport(BaseModel):
         accuracy: Share of problems whose chosen answer the verifier judged correct.
         ci95: Wilson 95% interval of ``accuracy``.
         usage: Token totals over all problems; ``tokens`` is their sum.
+        overdrawn: Problems on which a backend spent more than the budget allowed.
         problems: One row per problem: id, answer, correct, tokens, stop reason.
     """
 
@@ -108,6 +122,7 @@ class EvalReport(BaseModel):
     paper_flops: float | None
     eflops: float | None
     trace_id: str
+    overdrawn: int = 0
     problems: list[dict[str, Any]]
 
     @classmethod
@@ -121,11 +136,14 @@ class EvalReport(BaseModel):
         usage = sum((r.usage for r in results), Usage())
         n_correct = sum(r.correct is True for r in results)
         rows = [{"id": p["id"], "answer": r.answer, "correct": r.correct, "tokens": r.tokens,
-                 "stop_reason": r.stop_reason} for p, r in zip(problems, results)]
+                 "samples": len(r.candidates), "cut": _cut(r), "stop_reason": r.stop_reason,
+                 "overdrawn": r.overdrawn}
+                for p, r in zip(problems, results)]
         return cls(task=task, strategy=strategy, model=model, n_problems=len(results), n_correct=n_correct,
                    accuracy=n_correct / len(results), ci95=wilson_ci95(n_correct, len(results)), usage=usage,
                    tokens=usage.total_tokens, mean_tokens=usage.total_tokens / len(results), flops=total("flops"),
-                   paper_flops=total("paper_flops"), eflops=total("eflops"), trace_id=trace_id, problems=rows)
+                   paper_flops=total("paper_flops"), eflops=total("eflops"), trace_id=trace_id,
+                   overdrawn=sum(r.overdrawn for r in results), problems=rows)
 
 
 class Orchestrator:
@@ -135,11 +153,20 @@ class Orchestrator:
         db: SQLAlchemy URL of the trace store (default: ``TTC_DB``, then ``sqlite:///ttc.db``).
             Validated now; the database is opened (and migrated) on first use.
         device: Where in-process models run: ``"auto"``, ``"cpu"``, ``"cuda"``.
+        trust_remote_code: Let a checkpoint run its own Python code (off by default).
+        connect_timeout, timeout, max_retries, tokenizer: For models behind an
+            OpenAI-compatible server (None: ``TTC_*`` variables, then the defaults).
     """
 
-    def __init__(self, db: str | None = None, *, device: str = "auto"):
+    def __init__(self, db: str | None = None, *, device: str = "auto", trust_remote_code: bool = False,
+                 connect_timeout: float | None = None, timeout: float | None = None,
+                 max_retries: int | None = None, tokenizer: str | None = None):
         self.db_url = resolve_db_url(db)
         self.device = device
+        self.trust_remote_code = trust_remote_code
+        self._remote = {k: v for k, v in {"connect_timeout": connect_timeout, "timeout": timeout,
+                                          "max_retries": max_retries, "tokenizer": tokenizer}.items()
+                        if v is not None}
         self._store: TraceStore | None = None
         self._backends: dict[tuple[str, str | None], Backend] = {}
 
@@ -156,7 +183,10 @@ class Orchestrator:
         """
         key = (model, base_url)
         if key not in self._backends:
-            self._backends[key] = load_backend(model, base_url=base_url, device=self.device)
+            options = dict(self._remote) if base_url else {}
+            if self.trust_remote_code:
+                options["trust_remote_code"] = True
+            self._backends[key] = load_backend(model, base_url=base_url, device=self.device, **options)
         return self._backends[key]
 
     @contextmanager
@@ -172,6 +202,26 @@ class Orchestrator:
             raise
         self.store.end_run(run_id, status="ok", attributes_update=tracer.outcome)
 
+    def models(self, task: str, model: str | Backend | None = None,
+               models: dict[str, str | Backend] | None = None, *, base_url: str | None = None) -> ModelPool:
+        """The model pool for a task: ``model`` (or ``models["policy"]``, or the task's
+        default) as the policy, the other roles from ``models``. Models given by name
+        are loaded once per orchestrator; ``base_url`` applies to every name given."""
+        task_obj = get_task(task)
+        wanted = dict(models or {})
+        if model is not None:
+            if "policy" in wanted and wanted["policy"] is not model:
+                raise BadInputError("give the policy model once: either model= (--model) or models['policy']")
+            wanted["policy"] = model
+        wanted.setdefault("policy", task_obj.default_model)
+        for role, m in wanted.items():
+            if not isinstance(role, str) or not role.isidentifier():
+                raise BadInputError(f"bad model role {role!r}: a role is a name like policy, search, judge")
+            if m is None:
+                raise BadInputError(f"no model for role {role!r} (task {task!r} names no default)")
+        return ModelPool({r: m if not isinstance(m, str) else self.backend(m, base_url=base_url)
+                          for r, m in wanted.items()}, loader=self.backend)
+
     def solve(
         self,
         task: str,
@@ -179,6 +229,7 @@ class Orchestrator:
         *,
         strategy: str = "sample",
         model: str | Backend | None = None,
+        models: dict[str, str | Backend] | None = None,
         budget: Budget | None = None,
         base_url: str | None = None,
         **params: Any,
@@ -189,24 +240,29 @@ class Orchestrator:
             task: Task name (``"countdown"``).
             problem: The problem as a dict or a JSON string; an ``id`` is optional.
             strategy: Registry name of the strategy (``"sample"``).
-            model: Backend, built-in name or checkpoint path (default: the task's model).
+            model: The policy model: backend, built-in name or checkpoint path (default:
+                the task's model).
+            models: Models by role (``{"search": "countdown-search"}``), for strategies
+                that use more than the policy model.
             budget: Limits (default: unlimited).
-            base_url: An OpenAI-compatible endpoint serving ``model``.
+            base_url: An OpenAI-compatible endpoint serving the models named.
             **params: The strategy's own parameters (``temperature``, ``seed`` ...).
 
         Returns:
             The strategy's Result, with ``trace_id`` set.
 
         Raises:
-            BadInputError: Unknown task, strategy or parameter; a malformed problem.
+            BadInputError: Unknown task, strategy, parameter or role; a missing required
+                role; a malformed problem.
         """
-        task_obj, run_strategy = self._prepare(task, strategy, params)
+        task_obj, spec = self._prepare(task, strategy, params)
         problem = _parse_problem(task_obj, problem)
-        backend = self._backend_for(task_obj, model, base_url)
-        params = self._auto_params(strategy, task, backend, params)
-        with self.run("solve", f"{task}/{strategy}", task=task, strategy=strategy, model=backend.name,
-                      problem=problem, budget=(budget or Budget()).model_dump(exclude_none=True)) as tracer:
-            result = self._run_strategy(tracer, task_obj, run_strategy, backend, problem, budget, params)
+        pool = self.models(task, model, models, base_url=base_url)
+        spec.check_models(pool)
+        with self.run("solve", f"{task}/{strategy}", task=task, strategy=strategy, model=pool.policy.name,
+                      models=pool.roles(), problem=problem, params=_jsonable_params(params),
+                      budget=(budget or Budget()).model_dump(exclude_none=True)) as tracer:
+            result = self._run_strategy(tracer, task_obj, spec, pool, problem, budget, params)
             tracer.outcome.update(_outcome(result))
         return result
 
@@ -217,6 +273,7 @@ class Orchestrator:
         *,
         strategy: str = "sample",
         model: str | Backend | None = None,
+        models: dict[str, str | Backend] | None = None,
         budget: Budget | None = None,
         base_url: str | None = None,
         on_problem: Callable[[int, Result], None] | None = None,
@@ -225,66 +282,55 @@ class Orchestrator:
         """Runs a strategy over problems (each with its own ``budget``) as one traced run.
 
         Args:
-            task, strategy, model, budget, base_url, **params: As for :meth:`solve`.
+            task, strategy, model, models, budget, base_url, **params: As for :meth:`solve`.
             problems: Problem dicts (validated by the task).
             on_problem: Called after each problem with its index and Result (progress bars).
 
         Returns:
             Accuracy with its Wilson 95% interval, usage and compute totals, per-problem rows.
         """
-        task_obj, run_strategy = self._prepare(task, strategy, params)
+        task_obj, spec = self._prepare(task, strategy, params)
         parsed = [_parse_problem(task_obj, p) for p in problems]
         if not parsed:
             raise BadInputError("no problems to evaluate")
-        backend = self._backend_for(task_obj, model, base_url)
-        params = self._auto_params(strategy, task, backend, params)
+        pool = self.models(task, model, models, base_url=base_url)
+        spec.check_models(pool)
         results: list[Result] = []
-        with self.run("eval", f"{task}/{strategy}", task=task, strategy=strategy, model=backend.name,
-                      n_problems=len(parsed), params=_jsonable_params(params),
+        with self.run("eval", f"{task}/{strategy}", task=task, strategy=strategy, model=pool.policy.name,
+                      models=pool.roles(), n_problems=len(parsed), params=_jsonable_params(params),
                       budget=(budget or Budget()).model_dump(exclude_none=True)) as tracer:
             for i, problem in enumerate(parsed):
                 with tracer.span("problem", str(problem["id"]), problem=problem) as span:
-                    result = self._run_strategy(tracer, task_obj, run_strategy, backend, problem, budget, params)
+                    result = self._run_strategy(tracer, task_obj, spec, pool, problem, budget, params)
                     span.set(**_outcome(result))
                 results.append(result)
                 if on_problem is not None:
                     on_problem(i, result)
-            report = EvalReport.from_results(task, strategy, backend.name, parsed, results, tracer.trace_id)
+            report = EvalReport.from_results(task, strategy, pool.policy.name, parsed, results, tracer.trace_id)
             tracer.outcome.update(accuracy=report.accuracy, ci95=report.ci95, n_problems=report.n_problems,
                                   tokens=report.tokens, flops=report.flops)
         return report
 
     @staticmethod
-    def _prepare(task: str, strategy: str, params: dict[str, Any]):
+    def _prepare(task: str, strategy: str, params: dict[str, Any]) -> tuple[Any, StrategySpec]:
         # Names and parameters are checked before any model is loaded: bad input fails fast.
         task_obj = get_task(task)
-        run_strategy = get_strategy(strategy)
-        _check_params(strategy, run_strategy, params)
-        return task_obj, run_strategy
+        spec = get_strategy(strategy)
+        spec.check_params(params)
+        return task_obj, spec
 
-    def _backend_for(self, task_obj, model: str | Backend | None, base_url: str | None) -> Backend:
-        model = task_obj.default_model if model is None else model
-        return model if not isinstance(model, str) else self.backend(model, base_url=base_url)
-
-    def _auto_params(self, strategy: str, task: str, backend: Backend, params: dict[str, Any]) -> dict[str, Any]:
-        """For ``auto``: the calibrated policy recorded in the store, and its search model."""
-        if strategy != "auto" or "policy" in params:
-            return params
-        from .calibration import load_policy
-
-        policy = load_policy(self, task, backend.name)
-        params = {**params, "policy": policy}
-        if policy is not None and policy.search_model and "search_backend" not in params:
-            params["search_backend"] = self.backend(policy.search_model)
-        return params
-
-    @staticmethod
-    def _run_strategy(tracer, task_obj, run_strategy, backend, problem, budget, params) -> Result:
+    def _run_strategy(self, tracer, task_obj, spec: StrategySpec, pool: ModelPool, problem, budget,
+                      params) -> Result:
         ledger = Ledger(budget)
-        result = run_strategy(task_obj, problem, backend, task_obj.verifier, ledger, tracer, **params)
+        ctx = SolveContext(task=task_obj, problem=problem, verifier=task_obj.verifier, ledger=ledger,
+                           models=pool, tracer=tracer, artifacts=_StoreArtifacts(self))
+        if spec.prepare is not None:
+            params = {**params, **spec.prepare(ctx, params)}
+        result = spec(ctx, **params)
         # The ledger refuses calls that could overshoot; a backend that ignored its
-        # max_tokens is the only way past it, and the trace must say so.
+        # max_tokens is the only way past it, and the result and trace must say so.
         if ledger.overdrawn:
+            result.overdrawn = True
             tracer.outcome["overdrawn"] = True
         result.trace_id = tracer.trace_id
         return result
@@ -316,10 +362,12 @@ class Orchestrator:
         with self.run("generate", backend.name, model=backend.name, n=params.n,
                       max_tokens=params.max_tokens, prompts=len(prompt_list)) as tracer:
             result = call_model(backend, prompt_list, params, ledger, tracer)
+            if ledger.overdrawn:
+                tracer.outcome["overdrawn"] = True
         return GenerateResult(
             trace_id=tracer.trace_id, model=backend.name, generations=result.generations, usage=result.usage,
             flops=result.cost.flops, paper_flops=result.cost.paper_flops, eflops=result.cost.eflops,
-            skipped=result.skipped,
+            skipped=result.skipped, overdrawn=ledger.overdrawn,
         )
 
     # ------------------------------------------------------------------ traces

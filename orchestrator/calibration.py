@@ -4,7 +4,8 @@ On a calibration split (never the evaluation problems), every problem is probed 
 ``auto`` probes, then every strategy on the menu is run under the same per-problem token
 budget. Problems are binned by the probe's confidence (quantiles), and per bin each menu
 item's accuracy and mean spend are recorded in the trace store as a run of kind
-``calibration`` whose attributes hold the resulting Policy; ``load_policy`` reads it back.
+``calibration`` whose attributes hold the resulting Policy; ``auto`` reads it back
+through the solve context's artifact lookup (``ttc.strategies.auto.load_policy``).
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ttc.strategies.auto import MenuItem, Policy, PolicyEntry, inner_params, probe
 from ttc.core.budget import Budget, Ledger
+from ttc.core.contracts import ModelPool, SolveContext
+from ttc.strategies.auto import CALIBRATION_KIND, MenuItem, Policy, PolicyEntry, inner_params, probe
 from ttc.strategies.registry import get_strategy
 from ttc.tasks.registry import find_builtin
 
-__all__ = ["default_menu", "calibrate", "load_policy"]
+__all__ = ["default_menu", "calibrate"]
 
 
 def default_menu(task, with_search: bool) -> list[MenuItem]:
@@ -29,7 +31,7 @@ def default_menu(task, with_search: bool) -> list[MenuItem]:
         menu.append(MenuItem(strategy="tree_search", params={}))
     if with_search:
         # Up to the longest trace the task's search model writes (2,048 on CountDown).
-        cap = task.max_tokens("search")
+        cap = task.max_tokens(None, "search")
         menu += [MenuItem(strategy="sequential", params={"max_tokens": L}, model="search")
                  for L in [L for L in (256, 1024) if L < cap] + [cap]]
     return menu
@@ -59,14 +61,15 @@ def calibrate(
     menu = menu or default_menu(task, with_search=search is not None)
     rows: list[dict[str, Any]] = []
     probe_tokens: list[int] = []
-    with orc.run("calibration", f"{task_name}/{backend.name}", task=task_name, model=backend.name,
+    with orc.run(CALIBRATION_KIND, f"{task_name}/{backend.name}", task=task_name, model=backend.name,
                  search_model=search.name if search else None, budget_tokens=budget_tokens,
                  menu=[m.label for m in menu], n_problems=len(problems)) as tracer:
         for i, p in enumerate(problems):
             p = task.parse_problem(p)
             with tracer.span("problem", str(p["id"])) as span:
-                ledger = Ledger(Budget(tokens=budget_tokens))
-                rounds, conf = probe(task, p, backend, task.verifier, ledger, tracer, span, m=probe_samples)
+                ctx = SolveContext(task=task, problem=p, verifier=task.verifier, ledger=Ledger(Budget(tokens=budget_tokens)),
+                                   models=ModelPool({"policy": backend}), tracer=tracer)
+                rounds, conf = probe(ctx, span, m=probe_samples)
                 probe_tokens.append(rounds.usage.total_tokens)
                 solved = any(c.verdict.correct for c in rounds.candidates)
                 row = {"id": p["id"], "confidence": conf, "probe_solved": solved, "items": {}}
@@ -76,8 +79,10 @@ def calibrate(
                         m = search if item.model == "search" else backend
                         # The item gets what the probe left, as it would under auto.
                         left = None if budget_tokens is None else budget_tokens - rounds.usage.total_tokens
-                        r = run(task, p, m, task.verifier, Ledger(Budget(tokens=max(1, left)) if left else Budget()),
-                                tracer, **inner_params(item, seed=0))
+                        item_ctx = SolveContext(task=task, problem=p, verifier=task.verifier, tracer=tracer,
+                                                ledger=Ledger(Budget(tokens=max(1, left)) if left else Budget()),
+                                                models=ModelPool({"policy": m, "search": m}))
+                        r = run(item_ctx, **inner_params(item, seed=0))
                         row["items"][item.label] = {"correct": bool(r.correct), "tokens": r.tokens}
                 span.set(**{"ttc.confidence": conf, "ttc.probe_solved": solved})
                 rows.append(row)
@@ -113,12 +118,3 @@ def _entries(menu: list[MenuItem], members: list[dict]) -> list[PolicyEntry]:
                                        accuracy=statistics.fmean(float(g["correct"]) for g in got),
                                        mean_tokens=statistics.fmean(g["tokens"] for g in got)))
     return entries
-
-
-def load_policy(orc, task_name: str, model_name: str) -> Policy | None:
-    """The newest calibration recorded in the store for this task and model, or None."""
-    for run in orc.list_runs(limit=100, kind="calibration", status="ok"):
-        attrs = run.attributes or {}
-        if attrs.get("task") == task_name and attrs.get("model") == model_name and "policy" in attrs:
-            return Policy.model_validate(attrs["policy"])
-    return None

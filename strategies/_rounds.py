@@ -10,21 +10,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from ttc.backends.base import Backend
-from ttc.backends.types import SamplingParams, Usage
-
-from ttc.core.budget import Ledger
+from ttc.backends.types import Completion, SamplingParams, Usage
 from ttc.core.calls import call_model
+from ttc.core.contracts import SolveContext
 from ttc.core.cost import Cost
+from ttc.core.tracing import Span
 from ttc.core.types import Candidate, Result, StopReason
-from ttc.core.tracing import Span, Tracer
 
-__all__ = ["Rounds", "sample_rounds", "task_params", "verify_candidates", "answer_key", "finish", "DEFAULT_CAP"]
+__all__ = ["Rounds", "sample_rounds", "task_params", "verify_candidates", "answer_key", "finish", "DEFAULT_CAP",
+           "POOLED_DRAW"]
 
 # Samples drawn at most when neither ``n`` nor the budget bounds a strategy.
 DEFAULT_CAP = 16
+# Most samples one pooled draw may start: the pooled cap, not this, is what ends it.
+POOLED_DRAW = 256
 
 
 @dataclass
@@ -38,21 +39,24 @@ class Rounds:
     rounds: int = 0
 
 
-def task_params(task: Any, fmt: str, *, temperature: float, seed: int | None, max_tokens: int | None,
-                **extra: Any) -> SamplingParams:
-    """Sampling parameters for a task's format: its stop strings and (by default) its token limit."""
-    return SamplingParams(temperature=temperature, seed=seed, stop=tuple(task.stop),
-                          max_tokens=max_tokens or task.max_tokens(fmt), **extra)
+def task_params(ctx: SolveContext, fmt: str, *, temperature: float, seed: int | None, max_tokens: int | None,
+                **extra) -> SamplingParams:
+    """Sampling parameters for the problem in a task format: its stop strings and (by
+    default) the token limit the task sets for this problem."""
+    return SamplingParams(temperature=temperature, seed=seed, stop=tuple(ctx.task.stop),
+                          max_tokens=max_tokens or ctx.task.max_tokens(ctx.problem, fmt), **extra)
 
 
-def verify_candidates(problem: dict, verifier: Any, completions, ledger: Ledger, tracer: Tracer,
-                      span: Span) -> tuple[list[Candidate], Usage]:
-    """Judges completions, charges the verifier's own usage, records the candidates."""
+def verify_candidates(ctx: SolveContext, completions: list[Completion], span: Span) -> tuple[list[Candidate], Usage]:
+    """Judges completions and records the candidates.
+
+    A verifier that calls a model reserves and is charged through ``ctx`` itself; its
+    ``Verdict.usage`` is summed here for the record only, never charged again.
+    """
     cands, spent = [], Usage()
-    with tracer.span("verifier", type(verifier).__name__, **{"ttc.candidates": len(completions)}) as vspan:
+    with ctx.tracer.span("verifier", type(ctx.verifier).__name__, **{"ttc.candidates": len(completions)}) as vspan:
         for comp in completions:
-            verdict = verifier.verify(problem, comp.text)
-            ledger.settle(None, verdict.usage, samples=0)
+            verdict = ctx.verifier.verify(ctx.problem, comp.text, ctx)
             spent = spent + verdict.usage
             mean_lp = sum(comp.logprobs) / len(comp.logprobs) if comp.logprobs else None
             cands.append(Candidate(text=comp.text, answer=verdict.answer, tokens=comp.completion_tokens,
@@ -60,18 +64,15 @@ def verify_candidates(problem: dict, verifier: Any, completions, ledger: Ledger,
         vspan.record_usage(input_tokens=spent.prompt_tokens, output_tokens=spent.completion_tokens)
         vspan.set(**{"ttc.correct": sum(bool(c.verdict.correct) for c in cands)})
     span.add_candidates([{"text": c.text, "answer": c.answer, "correct": c.verdict.correct,
-                          "score": c.verdict.score, "reason": c.verdict.reason, "tokens": c.tokens}
+                          "score": c.verdict.score, "reason": c.verdict.reason, "tokens": c.tokens,
+                          "finish_reason": c.finish_reason}
                          for c in cands])
     return cands, spent
 
 
 def sample_rounds(
-    problem: dict,
+    ctx: SolveContext,
     prompt: str,
-    backend: Backend,
-    verifier: Any,
-    ledger: Ledger,
-    tracer: Tracer,
     span: Span,
     *,
     params: SamplingParams,
@@ -79,48 +80,62 @@ def sample_rounds(
     round_size: int,
     stop_when: Callable[[list[Candidate]], bool] | None = None,
     min_tokens: int | None = None,
+    backend: Backend | None = None,
 ) -> Rounds:
     """Draws up to ``n`` samples in rounds of ``round_size``; see the module docstring.
 
     ``n=None`` means "until the budget is spent", capped at DEFAULT_CAP when the budget
     is unlimited. ``min_tokens`` lets the ledger shrink ``max_tokens`` down to it (a
-    trace cut short may still have ended); by default samples are never shortened. Round r samples with seed ``params.seed + r`` so that rounds differ
-    and runs repeat.
+    trace cut short may still have ended); by default samples are never shortened.
+    Round r samples with seed ``params.seed + r`` so that rounds differ and runs repeat.
+
+    Under a token budget every call carries the budget left as its pooled cap: a round
+    that fits whole is unchanged, and the round the budget cannot hold whole becomes a
+    pooled draw (where the backend enforces pools) instead of a smaller worst-case one,
+    so the budget buys every sample it can. Samples the pool cut end with finish reason
+    "budget".
+
+    Args:
+        backend: The model (default: the context's policy model).
     """
-    if n is None and ledger.budget.unlimited:
+    backend = backend or ctx.policy
+    if n is None and ctx.ledger.unlimited:
         n = DEFAULT_CAP
     out = Rounds()
     while n is None or len(out.candidates) < n:
         k = round_size if n is None else min(round_size, n - len(out.candidates))
         seed = None if params.seed is None else params.seed + out.rounds
-        call = call_model(backend, [prompt], params.model_copy(update={"n": k, "seed": seed}), ledger, tracer,
+        left = ctx.ledger.remaining_tokens()
+        update = {"n": k, "seed": seed, "max_total_tokens": left if left is not None and left > 0 else None}
+        call = call_model(backend, [prompt], params.model_copy(update=update), ctx.ledger, ctx.tracer,
                           name=f"round {out.rounds}", min_tokens=min_tokens)
         if not call.generations:
             out.stop_reason = "budget" if out.candidates else "no_budget"
             break
         out.rounds += 1
         out.usage, out.cost = out.usage + call.usage, out.cost + call.cost
-        cands, spent = verify_candidates(problem, verifier, call.generations[0].completions, ledger, tracer, span)
+        cands, spent = verify_candidates(ctx, call.generations[0].completions, span)
         out.usage = out.usage + spent
         out.candidates.extend(cands)
         if stop_when is not None and stop_when(out.candidates):
             out.stop_reason = "verified"
             break
+        if any(c.finish_reason == "budget" for c in cands):
+            out.stop_reason = "budget"  # the pool ran dry: nothing is left to draw
+            break
     return out
 
 
-def answer_key(verifier: Any, cand: Candidate) -> str | None:
+def answer_key(ctx: SolveContext, cand: Candidate) -> str | None:
     """The key under which votes for the same answer are pooled (None: no answer parsed)."""
-    canonical = getattr(verifier, "canonical", None)
-    if canonical is not None:
-        return canonical(cand.text)
-    return cand.answer
+    return ctx.verifier.canonical(ctx.problem, cand.text)
 
 
 def finish(name: str, rounds: Rounds, chosen: Candidate | None, span: Span) -> Result:
     """The Result of a strategy that chose ``chosen`` among ``rounds.candidates``."""
     verdict = chosen.verdict if chosen is not None else None
-    span.set(**{"ttc.stop_reason": rounds.stop_reason, "ttc.samples": len(rounds.candidates),
+    cut = sum(c.finish_reason == "budget" for c in rounds.candidates)
+    span.set(**{"ttc.stop_reason": rounds.stop_reason, "ttc.samples": len(rounds.candidates), "ttc.cut": cut,
                 "ttc.rounds": rounds.rounds, "ttc.answer": chosen.answer if chosen else None,
                 "ttc.correct": verdict.correct if verdict else None})
     return Result(

@@ -5,9 +5,13 @@
 2. Estimate difficulty without labels from the probe: the model's confidence, the mean
    token log-probability of its samples, placed into the calibrated bins.
 3. Look up, for that bin, the accuracy and mean spend of every strategy on the menu,
-   measured on a calibration split that never overlaps evaluation problems (the
-   orchestrator reads these curves from the trace store), and run the one with the
-   highest expected accuracy that fits the budget left.
+   measured on a calibration split that never overlaps evaluation problems, and run the
+   one with the highest expected accuracy that fits the budget left.
+
+The calibrated curves are a run of kind ``calibration`` in the trace store (``ttc bench
+auto`` records one); ``auto``'s prepare hook finds the newest for the task and policy
+model through the context's artifact lookup, and loads the search model it names when
+the model pool has no ``search`` role.
 """
 
 from __future__ import annotations
@@ -20,14 +24,18 @@ from pydantic import BaseModel, Field
 
 from ttc.backends.base import Backend
 from ttc.backends.errors import BadInputError
+from ttc.core.contracts import SolveContext
+from ttc.core.cost import Cost
+from ttc.core.tracing import Span
+from ttc.core.types import Result
 
 from ._rounds import Rounds, finish, sample_rounds, task_params
-from ttc.core.budget import Ledger
-from ttc.core.cost import Cost
-from ttc.core.types import Result
-from ttc.core.tracing import Tracer
+from .registry import get_strategy, strategy
 
-__all__ = ["auto", "probe", "inner_params", "MenuItem", "PolicyEntry", "Policy"]
+__all__ = ["auto", "probe", "inner_params", "load_policy", "MenuItem", "PolicyEntry", "Policy", "CALIBRATION_KIND"]
+
+#: Run kind under which calibrated policies are recorded.
+CALIBRATION_KIND = "calibration"
 
 
 class MenuItem(BaseModel):
@@ -87,12 +95,11 @@ class Policy(BaseModel):
         return max(fits, key=lambda e: (e.accuracy, pooled.get(e.item.label, 0.0), -e.mean_tokens), default=None)
 
 
-def probe(task: Any, problem: dict, backend: Backend, verifier: Any, ledger: Ledger, tracer: Tracer, span,
-          *, m: int = 4, temperature: float = 0.7, seed: int | None = 0) -> tuple[Rounds, float | None]:
+def probe(ctx: SolveContext, span: Span, *, m: int = 4, temperature: float = 0.7,
+          seed: int | None = 0) -> tuple[Rounds, float | None]:
     """Draws ``m`` direct samples with log-probabilities; returns them and the model's confidence."""
-    params = task_params(task, "direct", temperature=temperature, seed=seed, max_tokens=None, logprobs=True)
-    rounds = sample_rounds(problem, task.prompt(problem), backend, verifier, ledger, tracer, span,
-                           params=params, n=m, round_size=m)
+    params = task_params(ctx, "direct", temperature=temperature, seed=seed, max_tokens=None, logprobs=True)
+    rounds = sample_rounds(ctx, ctx.prompt("direct"), span, params=params, n=m, round_size=m)
     confidence = _confidence(rounds)
     return rounds, confidence
 
@@ -113,13 +120,34 @@ def _confidence(rounds: Rounds) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def load_policy(ctx: SolveContext, model_name: str | None = None) -> Policy | None:
+    """The newest calibrated policy recorded for this task and policy model, or None."""
+    if ctx.artifacts is None:
+        return None
+    attrs = ctx.artifacts.latest(CALIBRATION_KIND, task=ctx.task.name, model=model_name or ctx.policy.name)
+    if not attrs or "policy" not in attrs:
+        return None
+    return Policy.model_validate(attrs["policy"])
+
+
+def _prepare(ctx: SolveContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Finds the calibrated policy and the search model it names (objects, not recorded)."""
+    extra: dict[str, Any] = {}
+    policy = params.get("policy")
+    if policy is None:
+        policy = load_policy(ctx)
+        extra["policy"] = policy
+    if isinstance(policy, dict):
+        policy = Policy.model_validate(policy)
+    if policy is not None and policy.search_model and "search" not in ctx.models \
+            and params.get("search_backend") is None:
+        extra["search_backend"] = ctx.models.load(policy.search_model)
+    return extra
+
+
+@strategy("auto", roles={"search": "optional"}, prepare=_prepare)
 def auto(
-    task: Any,
-    problem: dict,
-    backend: Backend,
-    verifier: Any,
-    ledger: Ledger,
-    tracer: Tracer,
+    ctx: SolveContext,
     *,
     policy: Policy | dict | None = None,
     search_backend: Backend | None = None,
@@ -130,28 +158,27 @@ def auto(
     """Probes, bins the problem by difficulty, and runs the calibrated best strategy.
 
     Args:
-        policy: Calibrated curves (the orchestrator loads them from the store).
-        search_backend: The search-trace model, for menu items that use it.
+        policy: Calibrated curves (default: the newest recorded for the task and model).
+        search_backend: The search-trace model, for menu items that use it (default: the
+            ``search`` role, else the model the policy names).
         probe_samples: Probe size (default: the policy's).
         temperature, seed: Of the probe.
     """
-    from .registry import get_strategy
-
+    task = ctx.task
     if policy is None:
         raise BadInputError(f"strategy 'auto' needs calibrated curves for task {getattr(task, 'name', task)!r}: "
                             "run `ttc bench auto` (or Orchestrator.calibrate) first")
     policy = Policy.model_validate(policy) if isinstance(policy, dict) else policy
     m = probe_samples or policy.probe
-    with tracer.span("strategy", "auto", **{"ttc.probe": m}) as span:
-        rounds, confidence = probe(task, problem, backend, verifier, ledger, tracer, span, m=m,
-                                   temperature=temperature, seed=seed)
+    with ctx.tracer.span("strategy", "auto", **{"ttc.probe": m}) as span:
+        rounds, confidence = probe(ctx, span, m=m, temperature=temperature, seed=seed)
         if not rounds.candidates or any(c.verdict.correct is True for c in rounds.candidates):
             chosen = max(rounds.candidates, key=lambda c: c.verdict.score, default=None)
             if rounds.candidates:
                 rounds.stop_reason = "verified"
             return finish("auto", rounds, chosen, span)
         bin_index = policy.bin_of(confidence if confidence is not None else float("-inf"))
-        entry = policy.choose(bin_index, ledger.remaining_tokens())
+        entry = policy.choose(bin_index, ctx.ledger.remaining_tokens())
         span.set(**{"ttc.confidence": confidence, "ttc.bin": bin_index,
                     "ttc.choice": entry.item.label if entry else None,
                     "ttc.expected_accuracy": entry.accuracy if entry else None})
@@ -159,11 +186,14 @@ def auto(
             rounds.stop_reason = "budget"
             return finish("auto", rounds, max(rounds.candidates, key=lambda c: c.verdict.score), span)
         item = entry.item
-        model = search_backend if item.model == "search" else backend
-        if model is None:
-            raise BadInputError(f"policy chose {item.label}, which needs a search_backend")
-        inner = get_strategy(item.strategy)(task, problem, model, verifier, ledger, tracer,
-                                            **inner_params(item, seed))
+        if item.model == "search":
+            search = search_backend or ctx.models.get("search")
+            if search is None:
+                raise BadInputError(f"policy chose {item.label}, which needs a search model (--role search=MODEL)")
+            inner_ctx = ctx.with_models(policy=search, search=search)
+        else:
+            inner_ctx = ctx
+        inner = get_strategy(item.strategy)(inner_ctx, **inner_params(item, seed))
         # The probe's candidates stay in the pool: a verified answer among them all wins,
         # otherwise the inner strategy's own choice stands.
         pool = rounds.candidates + inner.candidates

@@ -8,25 +8,18 @@ adaptive baseline that compute-optimal selection (Snell et al.) must beat.
 
 from __future__ import annotations
 
-from typing import Any
-
-from ttc.backends.base import Backend
-
-from ._rounds import task_params, finish, sample_rounds
-from ttc.core.budget import Ledger
+from ttc.core.contracts import SolveContext
 from ttc.core.types import Result
-from ttc.core.tracing import Tracer
+
+from ._rounds import POOLED_DRAW, finish, sample_rounds, task_params
+from .registry import strategy
 
 __all__ = ["best_of_n"]
 
 
+@strategy("best_of_n")
 def best_of_n(
-    task: Any,
-    problem: dict,
-    backend: Backend,
-    verifier: Any,
-    ledger: Ledger,
-    tracer: Tracer,
+    ctx: SolveContext,
     *,
     n: int | None = None,
     round_size: int | None = None,
@@ -41,17 +34,19 @@ def best_of_n(
     Args:
         n: Samples at most (None: until the budget is spent; 16 if it is unlimited).
         round_size: Samples per round (one shared-prefix call). Default: 4 with
-            ``early_stop``, else all ``n`` at once.
+            ``early_stop``, else all ``n`` (or as many as the budget buys) in one draw.
         early_stop: Stop once the verifier confirms an answer (``correct is True``).
         temperature, seed, max_tokens, fmt: As for ``sample``.
     """
     if round_size is None:
-        round_size = 4 if early_stop or n is None else n
-    params = task_params(task, fmt, temperature=temperature, seed=seed, max_tokens=max_tokens)
-    with tracer.span("strategy", "best_of_n", **{"ttc.n": n, "ttc.round_size": round_size,
+        # Without early stop, one draw: the budget left is its pooled cap, so it buys every
+        # sample it can hold instead of prefilling the prompt again round after round.
+        round_size = 4 if early_stop else (n or POOLED_DRAW)
+    params = task_params(ctx, fmt, temperature=temperature, seed=seed, max_tokens=max_tokens)
+    with ctx.tracer.span("strategy", "best_of_n", **{"ttc.n": n, "ttc.round_size": round_size,
                                                   "ttc.early_stop": early_stop, "ttc.temperature": temperature}) as span:
         rounds = sample_rounds(
-            problem, task.prompt(problem, fmt), backend, verifier, ledger, tracer, span, params=params, n=n,
+            ctx, ctx.prompt(fmt), span, params=params, n=n,
             round_size=round_size,
             stop_when=(lambda cands: any(c.verdict.correct is True for c in cands)) if early_stop else None,
         )

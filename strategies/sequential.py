@@ -6,25 +6,18 @@ holds, and only the complete answer at the end of the trace is verified.
 
 from __future__ import annotations
 
-from typing import Any
-
-from ttc.backends.base import Backend
+from ttc.core.contracts import SolveContext
+from ttc.core.types import Result
 
 from ._rounds import task_params, finish, sample_rounds
-from ttc.core.budget import Ledger
-from ttc.core.types import Result
-from ttc.core.tracing import Tracer
+from .registry import strategy
 
 __all__ = ["sequential"]
 
 
+@strategy("sequential", roles={"search": "policy"})
 def sequential(
-    task: Any,
-    problem: dict,
-    backend: Backend,
-    verifier: Any,
-    ledger: Ledger,
-    tracer: Tracer,
+    ctx: SolveContext,
     *,
     max_tokens: int | None = None,
     temperature: float = 0.0,
@@ -40,9 +33,10 @@ def sequential(
         seed: Sampling seed when ``temperature > 0``.
         fmt: The task's search-trace prompt format.
     """
-    params = task_params(task, fmt, temperature=temperature, seed=seed, max_tokens=max_tokens)
-    with tracer.span("strategy", "sequential", **{"ttc.max_tokens": params.max_tokens,
+    params = task_params(ctx, fmt, temperature=temperature, seed=seed, max_tokens=max_tokens)
+    with ctx.tracer.span("strategy", "sequential", **{"ttc.max_tokens": params.max_tokens,
                                                    "ttc.temperature": temperature}) as span:
-        rounds = sample_rounds(problem, task.prompt(problem, fmt), backend, verifier, ledger, tracer, span,
-                               params=params, n=1, round_size=1, min_tokens=1)
+        # The search-trace model plays the ``search`` role; a pool without one uses the policy.
+        rounds = sample_rounds(ctx, ctx.prompt(fmt), span, params=params, n=1, round_size=1, min_tokens=1,
+                               backend=ctx.models.get("search", fallback="policy"))
         return finish("sequential", rounds, rounds.candidates[0] if rounds.candidates else None, span)

@@ -30,17 +30,16 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from ttc.backends.base import Backend
 from ttc.backends.errors import BadInputError
 from ttc.backends.types import Completion, SamplingParams
+from ttc.core.contracts import SolveContext
+from ttc.core.tracing import Span
+from ttc.core.types import Candidate, Result
 
 from ._rounds import Rounds, finish, verify_candidates
-from ttc.core.budget import Ledger
-from ttc.core.calls import call_model
-from ttc.core.types import Candidate, Result
-from ttc.core.tracing import Span, Tracer
+from .registry import strategy
 
 __all__ = ["tree_search", "StepStructure", "DEFAULT_MAX_EXPANSIONS"]
 
@@ -106,11 +105,9 @@ def _best_first(states: list[_State]) -> list[_State]:
 class _Search:
     """The shared machinery of both methods: expand, prune, verify, account."""
 
-    def __init__(self, problem: dict, steps: StepStructure, prompt: str, backend: Backend, verifier: Any,
-                 ledger: Ledger, tracer: Tracer, span: Span, params: SamplingParams, max_depth: int,
-                 max_expansions: int | None, restarts: int | None = None):
-        self.problem, self.steps, self.prompt = problem, steps, prompt
-        self.backend, self.verifier, self.ledger, self.tracer, self.span = backend, verifier, ledger, tracer, span
+    def __init__(self, ctx: SolveContext, steps: StepStructure, prompt: str, span: Span, params: SamplingParams,
+                 max_depth: int, max_expansions: int | None, restarts: int | None = None):
+        self.ctx, self.problem, self.steps, self.prompt, self.span = ctx, ctx.problem, steps, prompt, span
         self.params, self.max_depth, self.max_expansions = params, max_depth, max_expansions
         self.restarts_left, self.restarts_done = restarts, 0
         self.out = Rounds()  # candidates = complete answers; rounds = states expanded
@@ -144,8 +141,8 @@ class _Search:
         p = self.params
         seed = None if p.seed is None else p.seed + self.calls
         depth = len(states[0].steps)
-        call = call_model(self.backend, [self.prompt_of(s) for s in states], p.model_copy(update={"seed": seed}),
-                          self.ledger, self.tracer, name=f"expand depth {depth}")
+        call = self.ctx.call("policy", [self.prompt_of(s) for s in states], p.model_copy(update={"seed": seed}),
+                             name=f"expand depth {depth}")
         if not call.generations:
             return None
         self.calls += 1
@@ -186,7 +183,7 @@ class _Search:
         """Verifies complete answers (best first), as best-of-n verifies its samples."""
         comps = [Completion(text=self.text(s) + self.steps.end, completion_tokens=s.tokens, finish_reason="stop")
                  for s in states]
-        cands, spent = verify_candidates(self.problem, self.verifier, comps, self.ledger, self.tracer, self.span)
+        cands, spent = verify_candidates(self.ctx, comps, self.span)
         self.out.usage = self.out.usage + spent
         self.out.candidates.extend(cands)
         self.scores.extend(s.score for s in states)
@@ -260,13 +257,9 @@ class _Search:
         return max(range(len(self.scores)), key=lambda i: (self.scores[i], -i))
 
 
+@strategy("tree_search")
 def tree_search(
-    task: Any,
-    problem: dict,
-    backend: Backend,
-    verifier: Any,
-    ledger: Ledger,
-    tracer: Tracer,
+    ctx: SolveContext,
     *,
     k: int = 3,
     method: str = "dfs",
@@ -303,6 +296,7 @@ def tree_search(
     Raises:
         BadInputError: The task has no step structure, or a parameter is out of range.
     """
+    task, problem = ctx.task, ctx.problem
     steps = getattr(task, "steps", None)
     name = getattr(task, "name", type(task).__name__)
     if steps is None:
@@ -319,17 +313,16 @@ def tree_search(
     beam_width = beam_width or k
     max_step = getattr(steps, "max_steps", None)
     max_depth = max_depth or (max_step(problem) if max_step is not None else _FALLBACK_MAX_DEPTH)
-    if max_expansions is None and ledger.budget.unlimited:
+    if max_expansions is None and ctx.ledger.unlimited:
         max_expansions = DEFAULT_MAX_EXPANSIONS
     params = SamplingParams(n=k, temperature=temperature, seed=seed, logprobs=True, stop=(steps.delimiter, steps.end),
                             max_tokens=max_tokens_per_step or max_tokens or steps.step_tokens)
-    with tracer.span("strategy", "tree_search", **{
+    with ctx.tracer.span("strategy", "tree_search", **{
         "ttc.k": k, "ttc.method": method, "ttc.beam_width": beam_width if method == "beam" else None,
         "ttc.max_depth": max_depth, "ttc.max_expansions": max_expansions, "ttc.temperature": temperature,
         "ttc.max_tokens_per_step": params.max_tokens,
     }) as span:
-        search = _Search(problem, steps, task.prompt(problem, fmt), backend, verifier, ledger, tracer, span,
-                         params, max_depth, max_expansions, restarts)
+        search = _Search(ctx, steps, ctx.prompt(fmt), span, params, max_depth, max_expansions, restarts)
         if method == "dfs":
             search.dfs()
         else:

@@ -7,25 +7,18 @@ soft verifier (a judge's probability) agreement among good candidates adds up.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
-
-from ttc.backends.base import Backend
-
-from ._rounds import task_params, answer_key, finish, sample_rounds
-from ttc.core.budget import Ledger
+from ttc.core.contracts import SolveContext
 from ttc.core.types import Result
-from ttc.core.tracing import Tracer
+
+from ._rounds import POOLED_DRAW, answer_key, finish, sample_rounds, task_params
+from .registry import strategy
 
 __all__ = ["weighted_vote"]
 
 
+@strategy("weighted_vote")
 def weighted_vote(
-    task: Any,
-    problem: dict,
-    backend: Backend,
-    verifier: Any,
-    ledger: Ledger,
-    tracer: Tracer,
+    ctx: SolveContext,
     *,
     n: int | None = 16,
     round_size: int | None = None,
@@ -38,17 +31,18 @@ def weighted_vote(
 
     Args:
         n: Samples at most (None: until the budget is spent).
-        round_size: Samples per call (default: all of ``n`` at once, 4 when ``n`` is None).
+        round_size: Samples per call (default: all of ``n`` in one draw, or with ``n=None``
+            as many as the budget buys, the budget left being the draw's pooled cap).
         temperature, seed, max_tokens, fmt: As for ``sample``.
     """
-    params = task_params(task, fmt, temperature=temperature, seed=seed, max_tokens=max_tokens)
-    with tracer.span("strategy", "weighted_vote", **{"ttc.n": n, "ttc.temperature": temperature}) as span:
-        rounds = sample_rounds(problem, task.prompt(problem, fmt), backend, verifier, ledger, tracer, span,
-                               params=params, n=n, round_size=round_size or n or 4)
+    params = task_params(ctx, fmt, temperature=temperature, seed=seed, max_tokens=max_tokens)
+    with ctx.tracer.span("strategy", "weighted_vote", **{"ttc.n": n, "ttc.temperature": temperature}) as span:
+        rounds = sample_rounds(ctx, ctx.prompt(fmt), span,
+                               params=params, n=n, round_size=round_size or n or POOLED_DRAW)
         weight: dict[str, float] = defaultdict(float)
         first: dict[str, int] = {}
         for i, c in enumerate(rounds.candidates):
-            key = answer_key(verifier, c)
+            key = answer_key(ctx, c)
             if key is not None:
                 weight[key] += c.verdict.score
                 first.setdefault(key, i)

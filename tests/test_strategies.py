@@ -7,6 +7,7 @@ import pytest
 from ttc.backends import BadInputError, ScriptedBackend
 from ttc.orchestrator import Orchestrator
 from ttc.core import Budget, Ledger, NullTracer
+from ttc.core.contracts import SolveContext
 from ttc.strategies import STRATEGIES, get_strategy
 from ttc.tasks.countdown import COUNTDOWN
 
@@ -20,7 +21,7 @@ WRONG_B = "7-5=2,3*2=6."
 def run(name, texts, budget=None, **params):
     backend = ScriptedBackend(texts)
     ledger = Ledger(budget)
-    result = get_strategy(name)(COUNTDOWN, PROBLEM, backend, COUNTDOWN.verifier, ledger, NullTracer(), **params)
+    result = get_strategy(name)(SolveContext.of(COUNTDOWN, PROBLEM, backend, ledger=ledger), **params)
     return result, ledger, backend
 
 
@@ -125,7 +126,7 @@ def test_each_strategy_runs_on_a_real_model(name, tiny_checkpoint):
         entry = PolicyEntry(item=MenuItem(strategy="best_of_n", params={"n": 2, "max_tokens": 24}), accuracy=0.5,
                             mean_tokens=50, n=1)
         params = {"policy": Policy(task="countdown", model="tiny", probe=2, table={"0": [entry]})}
-    result = get_strategy(name)(COUNTDOWN, PROBLEM, backend, COUNTDOWN.verifier, ledger, NullTracer(), **params)
+    result = get_strategy(name)(SolveContext.of(COUNTDOWN, PROBLEM, backend, ledger=ledger), **params)
     assert ledger.spent.tokens <= 600 and result.tokens == ledger.spent.tokens
     # Random weights never write a legal CountDown step, so tree_search (which verifies
     # only complete answers) honestly ends without candidates on this model.

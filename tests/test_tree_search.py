@@ -14,6 +14,7 @@ from ttc.backends import BadInputError, ScriptedBackend
 from ttc.backends.types import Usage
 from ttc.orchestrator import Orchestrator
 from ttc.core import Budget, Ledger, NullTracer
+from ttc.core.contracts import ModelPool, SolveContext
 from ttc.strategies import STRATEGIES, get_strategy
 from ttc.strategies.tree_search import StepStructure, tree_search
 from ttc.tasks.countdown import COUNTDOWN
@@ -86,7 +87,7 @@ class RecTracer:
 
 def search(task, problem, backend, budget=None, tracer=None, **params):
     ledger = Ledger(budget)
-    result = tree_search(task, problem, backend, task.verifier, ledger, tracer or NullTracer(), **params)
+    result = tree_search(SolveContext.of(task, problem, backend, ledger=ledger, tracer=tracer), **params)
     return result, ledger
 
 
@@ -113,11 +114,22 @@ class LetterSteps:
 
 
 class SpellVerifier:
-    def verify(self, problem, text):
+    def verify(self, problem, text, ctx=None):
+        # Plays a judge that spends a token of prompt and one of output: like any judge it
+        # reserves through the context's ledger before it "calls", and its usage is then
+        # for the record only.
+        usage = Usage(prompt_tokens=1, completion_tokens=1, calls=1)
+        if ctx is not None:
+            held = ctx.ledger.reserve(1, 1, 1)
+            if held is None:
+                return Verdict(correct=None, score=0.0, reason="no budget for the judge")
+            ctx.ledger.settle(held, usage, samples=0)
         word = "".join(LetterSteps().parse(text))
         ok = word == problem["word"]
-        return Verdict(correct=ok, score=float(ok), reason="", answer=word,
-                       usage=Usage(prompt_tokens=1, completion_tokens=1, calls=1))
+        return Verdict(correct=ok, score=float(ok), reason="", answer=word, usage=usage)
+
+    def canonical(self, problem, text):
+        return "".join(LetterSteps().parse(text))
 
 
 class SpellTask:
@@ -137,7 +149,7 @@ LETTER_LP = {"a": -0.1, "b": -0.2, "c": -0.3}
 
 
 def test_registered_and_step_structures_satisfy_the_protocol():
-    assert STRATEGIES["tree_search"] is tree_search and get_strategy("tree_search") is tree_search
+    assert STRATEGIES.get("tree_search").fn is tree_search and get_strategy("tree_search").fn is tree_search
     assert isinstance(COUNTDOWN.steps, StepStructure) and isinstance(SPELL.steps, StepStructure)
 
 
@@ -277,7 +289,7 @@ def test_bad_input():
         name = "plain"
 
     with pytest.raises(BadInputError, match="task plain does not support tree_search"):
-        tree_search(NoSteps(), {}, ScriptedBackend(["x"]), None, Ledger(), NullTracer())
+        tree_search(SolveContext(task=NoSteps(), problem={}, verifier=None, ledger=Ledger(), models=ModelPool({"policy": ScriptedBackend(["x"])})))
     for params, msg in (({"method": "bfs"}, "valid methods"), ({"k": 0}, "k must be"),
                         ({"fmt": "search"}, "needs a step format")):
         with pytest.raises(BadInputError, match=msg):

@@ -198,15 +198,18 @@ class CountdownVerifier:
 
     name = "countdown"
 
-    def verify(self, problem: dict, text: str) -> Verdict:
-        """Checks a completion against a problem's numbers and target; never raises."""
+    def verify(self, problem: dict, text: str, ctx=None) -> Verdict:
+        """Checks a completion against a problem's numbers and target; never raises.
+        An exact check: ``ctx`` (for verifiers that call models) is not used."""
         try:
             return self._verify(problem, text)
         except Exception as exc:  # a last guard: a verifier must not crash a strategy
             return Verdict(correct=False, score=0.0, reason=f"unreadable answer ({type(exc).__name__})")
 
-    def canonical(self, text: str) -> str | None:
-        """A canonical form of the parsed answer (for majority vote), or None."""
+    def canonical(self, problem: dict, text: str) -> str | None:
+        """A canonical form of the parsed answer (for majority vote), or None.
+
+        CountDown answers read the same whatever the problem; it is part of the contract."""
         try:
             parsed = parse_answer(text)
             if parsed is None:

@@ -150,15 +150,20 @@ class SudokuVerifier:
 
     name = "sudoku"
 
-    def verify(self, problem: dict, text) -> Verdict:
+    def verify(self, problem: dict, text, ctx=None) -> Verdict:
+        """Checks a candidate grid against the puzzle's rules and givens; never raises.
+        An exact check: ``ctx`` (for verifiers that call models) is not used."""
         try:
             return self._verify(problem, text)
         except Exception as exc:  # never raise on any input
             return Verdict(correct=False, score=0.0, reason=f"unreadable: {type(exc).__name__}")
 
-    def canonical(self, text, size: int = 6) -> str | None:
-        """The grid a candidate states, as ``"153624/..."``, for voting; None if none."""
+    def canonical(self, problem: dict, text) -> str | None:
+        """The grid a candidate states, as ``"153624/..."``, for voting; None if none.
+
+        The board size comes from the problem: a 9x9 answer read as 6x6 is no answer."""
         try:
+            _, size = parse_grid(problem.get("grid"), problem.get("size"))
             cells = read_candidate_grid(text, size)
         except Exception:
             return None

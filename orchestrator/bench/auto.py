@@ -37,7 +37,7 @@ def _key(problem: dict) -> str:
 
 def _bon_curve(task, backend, problems, n_max: int) -> list[dict]:
     """Best-of-n accuracy and tokens for n = 1 ... n_max from one draw per problem."""
-    params = SamplingParams(n=n_max, temperature=0.7, seed=SEED + 77, max_tokens=task.max_tokens("direct"),
+    params = SamplingParams(n=n_max, temperature=0.7, seed=SEED + 77, max_tokens=task.max_tokens(None, "direct"),
                             stop=tuple(task.stop))
     gens = backend.generate([task.prompt(p) for p in problems], params)
     correct = [sum(bool(task.verifier.verify(p, c.text).correct) for c in g.completions)
@@ -64,7 +64,7 @@ def run_auto_bench(*, task: str = "countdown", quick: bool = False, budget_token
     t = get_task(task)
     n_problems = n_problems or (30 if quick else 200)
     n_calibration = n_calibration or (30 if quick else 100)
-    budget = budget_tokens or (4 * t.max_tokens("direct") + 4 * 16 if task == "countdown" else 1024)
+    budget = budget_tokens or (4 * t.max_tokens(None, "direct") + 4 * 16 if task == "countdown" else 1024)
     problems = t.make_problems(n_problems, seed=SEED, split="test")
     seen = {_key(p) for p in problems}
     cal = [p for p in t.make_problems(3 * n_calibration, seed=SEED + 1, split="test") if _key(p) not in seen]

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from ttc.backends.errors import BadInputError
+from ttc.tasks.registry import register_task
 from ttc.verifiers.countdown import CountdownVerifier
 
 from .formats import END, follows_hint, hint_for, prompt, search_trace
@@ -59,10 +60,14 @@ class CountdownTask:
         self.verifier = CountdownVerifier()
         self.stop: tuple[str, ...] = (END,)
 
-    def max_tokens(self, fmt: str = "direct") -> int:
-        """Generation limit per format: a direct answer is three short lines; a trace runs
-        to the 1,024-token context ``countdown-search`` was trained for."""
-        return 64 if fmt == "direct" else 1024
+    def max_tokens(self, problem: dict | None = None, fmt: str = "direct") -> int:
+        """Generation limit per format: a direct answer is three short lines (one more step
+        per number past four); a trace runs to the 1,024-token context ``countdown-search``
+        was trained for."""
+        if fmt != "direct":
+            return 1024
+        extra = max(0, len(problem.get("numbers", ())) - 4) if isinstance(problem, dict) else 0
+        return 64 + 16 * extra
 
     def make_problems(self, n: int, seed: int = 0, split: str = "test", n_numbers: int = 4) -> list[dict]:
         """Seeded problems of the paper's distribution; see :func:`generate.make_problems`."""
@@ -110,5 +115,10 @@ class CountdownTask:
         """Shorthand for ``self.verifier.verify``."""
         return self.verifier.verify(problem, text)
 
+    def canonical(self, problem: dict, text: str) -> str | None:
+        """Shorthand for ``self.verifier.canonical``."""
+        return self.verifier.canonical(problem, text)
+
 
 COUNTDOWN = CountdownTask()
+register_task(COUNTDOWN)

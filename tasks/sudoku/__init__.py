@@ -21,6 +21,7 @@ The givens must not conflict; uniqueness of the solution is not required of user
 from __future__ import annotations
 
 from ttc.backends.errors import BadInputError
+from ttc.tasks.registry import register_task
 from ttc.verifiers.sudoku import SudokuVerifier, format_grid, parse_grid
 
 from .formats import END, direct_completion, prompt, reference_solution, replay_trace, search_trace, training_example
@@ -76,10 +77,17 @@ class SudokuTask:
         self.verifier = SudokuVerifier()
         self.stop: tuple[str, ...] = (END,)
 
-    def max_tokens(self, fmt: str = "direct", size: int = DEFAULT_SIZE) -> int:
-        """Generation limit per format: a direct answer is the grid (size x (size+1)
-        characters); a search trace is long: 980, what the 1,024-token context of
-        ``sudoku-search`` leaves after a 6x6 prompt (traces were trained up to 1,000)."""
+    def max_tokens(self, problem: dict | None = None, fmt: str = "direct") -> int:
+        """Generation limit for the problem's board: a direct answer is the grid (size x
+        (size+1) characters, about 90 tokens on 9x9); a search trace is long: 980, what the
+        1,024-token context of ``sudoku-search`` leaves after a 6x6 prompt (traces were
+        trained up to 1,000). Without a problem: the built-in 6x6 board."""
+        size = DEFAULT_SIZE
+        if isinstance(problem, dict):
+            try:
+                size = parse_grid(problem.get("grid"), problem.get("size"))[1]
+            except (ValueError, TypeError):
+                size = problem.get("size") if isinstance(problem.get("size"), int) else DEFAULT_SIZE
         return size * (size + 1) + 8 if fmt == "direct" else 980
 
     def make_problems(self, n: int, seed: int = 0, split: str = "test", size: int = DEFAULT_SIZE,
@@ -131,5 +139,10 @@ class SudokuTask:
         """Shorthand for ``self.verifier.verify``."""
         return self.verifier.verify(problem, text)
 
+    def canonical(self, problem: dict, text: str) -> str | None:
+        """Shorthand for ``self.verifier.canonical``."""
+        return self.verifier.canonical(problem, text)
+
 
 SUDOKU = SudokuTask()
+register_task(SUDOKU)
