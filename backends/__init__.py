@@ -1,5 +1,6 @@
 """Backends: the seam between ttc and a model (in-process transformers, OpenAI-compatible HTTP, scripted)."""
 
+from ._remote_code import refuse_remote_code
 from .base import Backend, CompletionStream
 from .errors import BackendError, BadInputError, CheckpointError, EndpointError, RunFailure, TTCError
 from .scripted import ScriptedBackend
@@ -40,4 +41,5 @@ __all__ = [
     "TransformersBackend",
     "Usage",
     "checkpoint_digest",
+    "refuse_remote_code",
 ]

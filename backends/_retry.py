@@ -1,13 +1,17 @@
 """Bounded retries for HTTP backends: which failures are transient, how long to wait.
 
 Private to ``backends``. The openai client's own retry loop is switched off so that this
-module is the only one: one policy, one attempt count in error messages, and a sleep
-function tests can replace.
+module is the only one: one policy, one attempt count in error messages, and a sleep and
+a clock tests can replace. The timeout and retry options, with their ``TTC_*``
+environment defaults, are resolved here too, so a dead endpoint's worst case (connect
+timeout x attempts + backoff) is decided in one place.
 """
 
 from __future__ import annotations
 
 import email.utils
+import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -17,13 +21,82 @@ from typing import TypeVar
 import openai
 from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
-from .errors import BackendError, EndpointError, TTCError
+from .errors import BackendError, BadInputError, EndpointError, TTCError
 
-__all__ = ["RetryPolicy", "StreamCut", "call_with_retries", "describe", "one_line"]
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_TIMEOUT",
+    "RetryPolicy",
+    "StreamCut",
+    "call_with_retries",
+    "describe",
+    "env_text",
+    "one_line",
+    "retries_option",
+    "seconds_option",
+]
 
 T = TypeVar("T")
 
 _MAX_MESSAGE = 300
+
+# With these defaults an endpoint where nothing answers fails within about 25 s:
+# 4 attempts x 5 s to connect, plus waits of about 0.5, 1 and 2 s (and jitter).
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_TIMEOUT = 600.0  # reading one response: long generations are slow, not dead
+DEFAULT_MAX_RETRIES = 3
+MAX_RETRIES_LIMIT = 100  # the CLI's --max-retries bound; more is a typo, not a policy
+
+
+def env_text(name: str) -> str | None:
+    """The variable's value, or None when unset or blank (as click treats them)."""
+    raw = os.environ.get(name)
+    return raw if raw is not None and raw.strip() else None
+
+
+def seconds_option(value: float | None, name: str, env: str, default: float) -> float:
+    """A timeout: ``value`` if given, else ``$env`` if set, else ``default``.
+
+    Raises:
+        BadInputError: Not a finite number > 0, naming ``name`` or the variable.
+    """
+    source, raw = (name, value) if value is not None else (env, env_text(env))
+    if raw is None:
+        return default
+    try:
+        if isinstance(raw, bool):  # True would silently mean one second
+            raise TypeError
+        seconds = float(raw)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise BadInputError(f"{source} must be a finite number of seconds > 0, got {raw!r}")
+    return seconds
+
+
+def retries_option(value: int | None, name: str, env: str, default: int) -> int:
+    """A retry count: ``value`` if given, else ``$env`` if set, else ``default``.
+
+    Raises:
+        BadInputError: Not a whole number from 0 to 100, naming ``name`` or the variable.
+    """
+    source, raw = (name, value) if value is not None else (env, env_text(env))
+    if raw is None:
+        return default
+    count: int | None = None
+    if isinstance(raw, str):
+        try:
+            count = int(raw)  # "3.0" and "three" are refused, not rounded
+        except ValueError:
+            count = None
+    elif isinstance(raw, int) and not isinstance(raw, bool):
+        count = raw
+    if count is None or not 0 <= count <= MAX_RETRIES_LIMIT:
+        raise BadInputError(
+            f"{source} must be a whole number from 0 to {MAX_RETRIES_LIMIT}, got {raw!r}"
+        )
+    return count
 
 
 class StreamCut(Exception):
@@ -139,13 +212,16 @@ class RetryPolicy:
         backoff_max: No single wait is longer, Retry-After included, so one odd header
             cannot stall a batch job for an hour.
         sleep: Called with each wait; tests pass a recorder instead of time.sleep.
+        clock: Monotonic seconds, for the time a failure took (named in its error);
+            tests pass a fake that their sleep and transport advance.
     """
 
     endpoint: str
-    max_retries: int = 5
+    max_retries: int = DEFAULT_MAX_RETRIES
     backoff_initial: float = 0.5
     backoff_max: float = 20.0
     sleep: Callable[[float], None] = field(default=time.sleep)
+    clock: Callable[[], float] = field(default=time.monotonic)
 
     def wait(self, retry_state) -> float:
         """Seconds before the next attempt: Retry-After if sent, else jittered backoff."""
@@ -169,6 +245,7 @@ def call_with_retries(fn: Callable[[], T], policy: RetryPolicy) -> T:
             with something the client could not use; not retried.
     """
     attempts = 0
+    start = policy.clock()
 
     def attempt() -> T:
         nonlocal attempts
@@ -189,8 +266,10 @@ def call_with_retries(fn: Callable[[], T], policy: RetryPolicy) -> T:
     except (openai.APIStatusError, openai.APIConnectionError, StreamCut) as exc:
         if is_transient(exc):
             plural = "s" if attempts != 1 else ""
+            spent = max(0.0, policy.clock() - start)
             raise EndpointError(
-                policy.endpoint, f"{describe(exc)}, after {attempts} attempt{plural}"
+                policy.endpoint,
+                f"{describe(exc)}, after {attempts} attempt{plural} in {spent:.1f} s",
             ) from exc
         raise BackendError(f"{policy.endpoint}: {describe(exc)}") from exc
     except openai.OpenAIError as exc:

@@ -42,9 +42,15 @@ class Backend(Protocol):
 
     Attributes:
         name: The model name recorded in traces (``gen_ai.request.model``).
+        pools_tokens: True when ``generate`` enforces ``SamplingParams.max_total_tokens``
+            itself (never generating more than the pool for all samples of a prompt), so a
+            ledger may reserve the pool instead of ``max_tokens x n``. False where the cap
+            cannot be enforced (an OpenAI-compatible server): callers then reserve the
+            worst case and should not send the cap.
     """
 
     name: str
+    pools_tokens: bool
 
     @property
     def info(self) -> ModelInfo:
@@ -59,8 +65,9 @@ class Backend(Protocol):
             params: Sampling parameters shared by all prompts.
 
         Returns:
-            One Generation per prompt, in order, each with ``params.n`` completions and
-            usage billed by the accounting rule (each prompt prefilled once).
+            One Generation per prompt, in order, each with ``params.n`` completions (fewer
+            under a pooled cap, see ``pools_tokens``) and usage billed by the accounting
+            rule (each prompt prefilled once).
 
         Raises:
             BackendError: The model could not be reached or failed.

@@ -13,6 +13,7 @@ __all__ = [
     "RunFailure",
     "BackendError",
     "EndpointError",
+    "InvalidUsageError",
 ]
 
 
@@ -57,3 +58,23 @@ class EndpointError(BackendError):
     def __init__(self, endpoint: str, message: str):
         super().__init__(f"{endpoint}: {message}")
         self.endpoint = endpoint
+
+
+class InvalidUsageError(BackendError):
+    """A server reported token usage that cannot be true, so it is not charged.
+
+    Counts must be ints (not bools or floats) from 0 to 2**31 - 1: anything else is a
+    broken or hostile server, and charging it would corrupt the ledger (or overflow it).
+
+    Args:
+        endpoint: The base URL whose answer carried the usage.
+        field: The usage field at fault, e.g. ``completion_tokens``.
+        value: The value the server sent.
+    """
+
+    def __init__(self, endpoint: str, field: str, value: object):
+        shown = repr(value)
+        if len(shown) > 60:  # one line, whatever the server sent
+            shown = shown[:57] + "..."
+        super().__init__(f"{endpoint}: server reported invalid usage: {field}={shown}")
+        self.endpoint, self.field, self.value = endpoint, field, value

@@ -1,8 +1,10 @@
 """A backend for any OpenAI-compatible server: vLLM, SGLang, llama.cpp, Ollama, ``ttc serve``.
 
-Token counts come from the server's ``usage``, because budgets settle in exact tokens.
-Transient failures are retried with jittered backoff (see ``_retry``); rejected requests
-are not. The injectable ``httpx`` client is also the tests' seam (``httpx.MockTransport``).
+Token counts come from the server's ``usage``, because budgets settle in exact tokens;
+a server is untrusted, so each count is checked before anything is billed. Transient
+failures are retried with jittered backoff (see ``_retry``); rejected requests are not.
+The injectable ``httpx`` client is also the tests' seam (``httpx.MockTransport``), and
+the injectable sleep and clock let them check the retry schedule without waiting.
 """
 
 from __future__ import annotations
@@ -11,14 +13,27 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from itertools import chain
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
 import httpx
 import openai
 
-from ._retry import RetryPolicy, StreamCut, call_with_retries, describe, one_line
-from .errors import BackendError, BadInputError
+from ._retry import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+    RetryPolicy,
+    StreamCut,
+    call_with_retries,
+    describe,
+    env_text,
+    one_line,
+    retries_option,
+    seconds_option,
+)
+from .errors import BackendError, BadInputError, InvalidUsageError, TTCError
 from .types import Completion, Generation, ModelInfo, SamplingParams, Usage
 
 __all__ = ["OpenAIBackend", "OpenAIStream"]
@@ -32,6 +47,9 @@ Choice = tuple[str, str | None, list[float] | None]  # text, server finish reaso
 _SPECIAL_TOKEN_ALLOWANCE = 4
 _CHAT_TEMPLATE_ALLOWANCE = 64
 
+# Reported token counts must fit a signed 32-bit column; no real call comes near it.
+_MAX_REPORTED_TOKENS = 2**31
+
 
 class OpenAIBackend:
     """Talk to a model behind an OpenAI-compatible HTTP API.
@@ -44,25 +62,40 @@ class OpenAIBackend:
         mode: ``"completions"`` sends raw prompts to ``/completions``; ``"chat"`` sends
             each prompt as one user message to ``/chat/completions`` (the server applies
             its chat template).
-        timeout: Seconds per HTTP attempt.
+        timeout: Seconds to wait for a response once connected (read timeout; also
+            write and pool). None: ``$TTC_TIMEOUT``, else 600.
         max_retries: Retries after the first attempt on 429, 5xx, connection errors and
-            timeouts.
+            timeouts. None: ``$TTC_MAX_RETRIES``, else 3.
         backoff_initial: First backoff wait in seconds; waits double up to ``backoff_max``.
         backoff_max: Longest single wait, a server's Retry-After included.
         info: The model's shape for FLOPs accounting; ``ModelInfo(name=model)`` if unknown.
-        tokenizer: Hugging Face tokenizer name or path (or a loaded tokenizer) of the
-            served model: makes ``count_tokens`` exact and counts usage a server omits.
+        tokenizer: The served model's tokenizer, as a local directory, a Hugging Face
+            name, or a loaded tokenizer: makes ``count_tokens`` exact and counts usage a
+            server omits. None: ``$TTC_TOKENIZER``, else none (an upper-bound count).
+            A built-in model name is resolved to its directory by ``load_backend``.
         http_client: An ``httpx.Client`` to send requests through (proxies, tests).
+        connect_timeout: Seconds to wait for a connection. None:
+            ``$TTC_CONNECT_TIMEOUT``, else 5; with the default retries an endpoint where
+            nothing listens fails within about 25 s.
+        trust_remote_code: Let a tokenizer directory run its own Python (``auto_map``).
         sleep: Called with each backoff wait; tests pass a recorder.
+        clock: Monotonic seconds for latencies and the time a failure took; tests pass
+            a fake.
 
     Attributes:
+        pools_tokens: False: a server cannot be made to enforce a pooled token cap for
+            all ``n`` samples of a request, so ``SamplingParams.max_total_tokens`` is
+            never sent and callers reserve ``max_tokens x n``.
         last_usage: Bill of the latest ``stream``, set when it ends (per instance, so
             not meaningful across threads; prefer the stream's own ``usage``).
         last_generation: The latest stream as a Generation, once finished or closed.
 
     Raises:
-        BadInputError: A malformed base_url, unknown mode or unloadable tokenizer.
+        BadInputError: A malformed base_url, unknown mode, invalid timeout or retry
+            count (an argument or its ``TTC_*`` variable), or an unloadable tokenizer.
     """
+
+    pools_tokens = False
 
     def __init__(
         self,
@@ -70,15 +103,18 @@ class OpenAIBackend:
         model: str,
         api_key: str | None = None,
         mode: Mode = "completions",
-        timeout: float = 60.0,
-        max_retries: int = 5,
+        timeout: float | None = None,
+        max_retries: int | None = None,
         backoff_initial: float = 0.5,
         backoff_max: float = 20.0,
         info: ModelInfo | None = None,
         tokenizer: Any = None,
         http_client: httpx.Client | None = None,
         *,
+        connect_timeout: float | None = None,
+        trust_remote_code: bool = False,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         parsed = urlparse(base_url)
         # Checked here because httpx reports a missing scheme as a connection error,
@@ -87,22 +123,36 @@ class OpenAIBackend:
             raise BadInputError(f"base_url must look like http://HOST:PORT/v1, got {base_url!r}")
         if mode not in ("completions", "chat"):
             raise BadInputError(f"mode must be 'completions' or 'chat', got {mode!r}")
-        if max_retries < 0 or backoff_initial < 0 or backoff_max < backoff_initial:
+        if not 0 <= backoff_initial <= backoff_max:
             raise BadInputError(
-                "need max_retries >= 0 and 0 <= backoff_initial <= backoff_max, got "
-                f"{max_retries}, {backoff_initial}, {backoff_max}"
+                "need 0 <= backoff_initial <= backoff_max, got "
+                f"{backoff_initial}, {backoff_max}"
             )
+        self.connect_timeout = seconds_option(
+            connect_timeout, "connect_timeout", "TTC_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT
+        )
+        self.timeout = seconds_option(timeout, "timeout", "TTC_TIMEOUT", DEFAULT_TIMEOUT)
+        self.max_retries = retries_option(
+            max_retries, "max_retries", "TTC_MAX_RETRIES", DEFAULT_MAX_RETRIES
+        )
         self.base_url = base_url.rstrip("/")
         self.model = self.name = model
         self.mode: Mode = mode
-        self.timeout = timeout
         self._info = info if info is not None else ModelInfo(name=model)
-        self._tokenizer = _load_tokenizer(tokenizer)
-        self._policy = RetryPolicy(self.base_url, max_retries, backoff_initial, backoff_max, sleep)
+        source = "tokenizer"
+        if tokenizer is None and env_text("TTC_TOKENIZER") is not None:
+            tokenizer, source = env_text("TTC_TOKENIZER"), "TTC_TOKENIZER"
+        self._tokenizer = _load_tokenizer(tokenizer, trust_remote_code, source)
+        self._clock = clock
+        self._policy = RetryPolicy(
+            self.base_url, self.max_retries, backoff_initial, backoff_max, sleep, clock
+        )
         self._client = openai.OpenAI(
             base_url=self.base_url,
             api_key=api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
-            timeout=timeout,
+            # Split so that a dead host costs seconds while a long generation may take
+            # minutes; the client applies this per request, a passed-in client included.
+            timeout=openai.Timeout(self.timeout, connect=self.connect_timeout),
             max_retries=0,  # ours is the only retry loop, so attempts are counted once
             http_client=http_client,
         )
@@ -136,9 +186,9 @@ class OpenAIBackend:
         self._check_open()
         kwargs = self._sampling_kwargs(params, chat=True)
         create = self._client.chat.completions.create
-        start = time.perf_counter()
+        start = self._clock()
         resp = call_with_retries(lambda: create(messages=messages, **kwargs), self._policy)
-        latency = time.perf_counter() - start
+        latency = self._clock() - start
 
         def parse(c: Any) -> Choice:
             lps = c.logprobs.content if c.logprobs is not None else None
@@ -221,9 +271,9 @@ class OpenAIBackend:
         self._check_open()
         kwargs = self._sampling_kwargs(params, chat=False)
         create = self._client.completions.create
-        start = time.perf_counter()
+        start = self._clock()
         resp = call_with_retries(lambda: create(prompt=prompt, **kwargs), self._policy)
-        latency = time.perf_counter() - start
+        latency = self._clock() - start
 
         def parse(c: Any) -> Choice:
             lps = c.logprobs.token_logprobs if c.logprobs is not None else None
@@ -240,7 +290,7 @@ class OpenAIBackend:
         """Choices in index order, and (prompt, completion) tokens if the server said."""
         try:
             choices = [parse(c) for c in sorted(resp.choices, key=lambda c: c.index)]
-            usage = _usage_pair(resp.usage)
+            reported = resp.usage
         except (AttributeError, TypeError, ValueError) as exc:
             # The openai client hands back a plain string when a proxy answers with HTML.
             raise BackendError(
@@ -249,7 +299,7 @@ class OpenAIBackend:
             ) from exc
         if not choices:
             raise BackendError(f"{self.base_url}: the server returned no choices")
-        return choices, usage
+        return choices, _usage_pair(reported, self.base_url)
 
     def _build(
         self,
@@ -269,8 +319,8 @@ class OpenAIBackend:
             total = sum(self._count_text(text) for text, _, _ in choices)
         else:
             raise BackendError(
-                f"{self.base_url}: the server reported no token usage; pass tokenizer= "
-                "so ttc can count tokens (budgets need exact counts)"
+                f"{self.base_url}: the server reported no token usage (or only part of "
+                "it); pass tokenizer= so ttc can count tokens (budgets need exact counts)"
             )
         finishes = [_finish(reason) for _, reason, _ in choices]
         counts = self._split(total, choices, finishes, params.max_tokens)
@@ -402,7 +452,7 @@ class OpenAIStream:
 
     def _run(self) -> Iterator[str]:
         b = self._backend
-        self._start = time.perf_counter()
+        self._start = b._clock()
         stream, it, head = call_with_retries(
             lambda: b._open_stream(self._prompt, self._params), b._policy
         )
@@ -437,12 +487,12 @@ class OpenAIStream:
 
     def _bill(self, exact: bool) -> Generation:
         b = self._backend
-        usage = _usage_pair(self._usage)
+        usage = _usage_pair(self._usage, b.base_url)
         if usage is None and not exact and b._tokenizer is None:
             usage = (b.count_tokens(self._prompt), len(self._pieces))  # one token per chunk
         gen = b._build(
             [("".join(self._pieces), self._finish, None)], usage, self._params,
-            time.perf_counter() - self._start, lambda: b.count_tokens(self._prompt),
+            b._clock() - self._start, lambda: b.count_tokens(self._prompt),
         )
         self.usage = b.last_usage = gen.usage
         return gen
@@ -457,10 +507,36 @@ def _finish(reason: str | None) -> str:
     return "length" if reason == "length" else "stop"
 
 
-def _usage_pair(usage: Any) -> tuple[int, int] | None:
-    if usage is None or usage.completion_tokens is None:
+def _usage_pair(usage: Any, endpoint: str) -> tuple[int, int] | None:
+    """The (prompt, completion) tokens a server reported, once checked.
+
+    The openai client does not validate response fields, so a count arrives exactly as
+    the server wrote it: a float, a string, a bool, -3, 10**20 or an ``Infinity`` that
+    Python's JSON parser accepts. None of those is charged.
+
+    Returns:
+        None when the server reported no usage, or lacks either count (the caller then
+        counts with the tokenizer, or fails).
+
+    Raises:
+        InvalidUsageError: A count that is present is not an int in [0, 2**31).
+    """
+    if usage is None:
         return None
-    return int(usage.prompt_tokens or 0), int(usage.completion_tokens)
+    if not hasattr(usage, "completion_tokens"):  # "usage": 5 parses as the bare value
+        raise InvalidUsageError(endpoint, "usage", usage)
+    counts = {}
+    for field in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        value = getattr(usage, field, None)
+        if value is None:
+            continue
+        # bool is an int subclass, and a float, even 3.0, means the server is not counting.
+        if type(value) is not int or not 0 <= value < _MAX_REPORTED_TOKENS:
+            raise InvalidUsageError(endpoint, field, value)
+        counts[field] = value
+    if "prompt_tokens" not in counts or "completion_tokens" not in counts:
+        return None
+    return counts["prompt_tokens"], counts["completion_tokens"]
 
 
 def _chunk_text(chunk: Any, mode: str) -> str:
@@ -497,17 +573,45 @@ def _apportion(total: int, weights: list[int]) -> list[int]:
     return shares
 
 
-def _load_tokenizer(tokenizer: Any) -> Any:
+def _load_tokenizer(tokenizer: Any, trust_remote_code: bool, source: str) -> Any:
+    """A tokenizer from a directory or Hugging Face name; a loaded one passes through.
+
+    Args:
+        tokenizer: None, a loaded tokenizer, or a directory or name to load.
+        trust_remote_code: Let the tokenizer run its own Python (``auto_map``).
+        source: Where the value came from (``tokenizer`` or ``TTC_TOKENIZER``), named
+            in errors so a stale variable is easy to spot.
+
+    Raises:
+        BadInputError: The directory is missing, would run its own code without
+            ``trust_remote_code``, or cannot be loaded.
+    """
     if tokenizer is None or not isinstance(tokenizer, (str, os.PathLike)):
         return tokenizer
-    path = os.fspath(tokenizer)
-    # A hub id also contains "/", so only what is plainly a path is checked up front.
-    if path.startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(path)):
-        raise BadInputError(f"tokenizer directory {path!r} does not exist")
+    spec = os.fspath(tokenizer)
+    if not spec.strip():
+        raise BadInputError(f"{source} must not be empty")
+    path = Path(spec).expanduser()
     try:
+        if path.is_dir():
+            # The same loader and remote-code check as in-process checkpoints, so a
+            # built-in model's tokenizer counts exactly as it does when run locally.
+            from .transformers_backend import load_tokenizer, refuse_remote_code
+
+            if not trust_remote_code:
+                try:
+                    refuse_remote_code(path)
+                except BadInputError as exc:
+                    raise BadInputError(f"{source}: {exc}") from exc
+            return load_tokenizer(path, trust_remote_code=trust_remote_code)
+        # A hub id also contains "/", so only what is plainly a path is refused here.
+        if spec.startswith(("/", ".", "~")) or path.exists():
+            raise BadInputError(f"{source}: tokenizer directory {spec!r} does not exist")
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(os.path.expanduser(path))
+        return AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
+    except TTCError:
+        raise
     except Exception as exc:  # OSError, ValueError, HFValidationError, ...
-        message = f"cannot load tokenizer {path!r}: {one_line(exc, 200)}"
+        message = f"{source}: cannot load tokenizer {spec!r}: {one_line(exc, 200)}"
         raise BadInputError(message) from exc

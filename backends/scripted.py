@@ -4,6 +4,11 @@ Like httpx's MockTransport, it takes a handler: a function from (prompt, sample 
 params) to the completion text. Tokens are counted as whitespace-free characters would
 be by a character tokenizer: one token per character, so budgets are easy to reason
 about in tests.
+
+A pooled cap (``max_total_tokens``) is honoured as the transformers backend honours it,
+with samples drawn one after another: a sample is started while the pool left is at
+least the mean length of the samples finished so far (the first always starts), and the
+sample running when the pool runs out is cut with finish reason ``"budget"``.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ class ScriptedBackend:
             intermediate_size=512, attention_heads=4, kv_heads=4, head_dim=32, vocab_size=100, max_context=4096,
         )
         self.calls: list[tuple[list[str], SamplingParams]] = []
+        # generate() enforces SamplingParams.max_total_tokens itself.
+        self.pools_tokens = True
 
     @property
     def info(self) -> ModelInfo:
@@ -62,10 +69,26 @@ class ScriptedBackend:
         self.calls.append((list(prompts), params))
         out = []
         for p in prompts:
-            comps = [self._complete(p, i, params) for i in range(params.n)]
+            if params.max_total_tokens is None:
+                comps = [self._complete(p, i, params) for i in range(params.n)]
+            else:
+                comps = self._pooled(p, params)
             usage = Usage(prompt_tokens=len(p), completion_tokens=sum(c.completion_tokens for c in comps), calls=1)
             out.append(Generation(model=self.name, prompt_tokens=len(p), completions=comps, usage=usage))
         return out
+
+    def _pooled(self, prompt: str, params: SamplingParams) -> list[Completion]:
+        left, comps = params.max_total_tokens, []
+        for i in range(params.n):
+            finished = [c.completion_tokens for c in comps]
+            if left < 1 or (finished and left < sum(finished) / len(finished)):
+                break  # the rest are never started
+            c = self._complete(prompt, i, params)
+            if c.completion_tokens > left:
+                c = Completion(text=c.text[:left], completion_tokens=left, finish_reason="budget")
+            left -= c.completion_tokens
+            comps.append(c)
+        return comps
 
     def stream(self, prompt: str, params: SamplingParams) -> "_ScriptedStream":
         return _ScriptedStream(self.generate([prompt], params.model_copy(update={"n": 1}))[0])

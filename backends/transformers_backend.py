@@ -5,6 +5,15 @@ number of tokens each sample spent, stop strings must end one sample without end
 the batch, and the N samples of one prompt must share a single prefill. The loop
 prefills each prompt once, copies its KV cache N times (``batch_repeat_interleave``)
 and decodes all samples of all prompts as one batch, dropping rows as they finish.
+
+Under a pooled token cap (``SamplingParams.max_total_tokens``) a prompt's samples decode
+instead by continuous batching over its cached prefix (:class:`_PooledDecoder`): a row
+whose sample ends is refilled with a fresh sample of the same prompt. Its bookkeeping
+lives in ``_pooled``.
+
+A checkpoint never runs its own Python (``auto_map``, an unknown ``model_type``) unless
+the caller passes ``trust_remote_code=True``; the check (``refuse_remote_code``, in
+``_remote_code``) is re-exported here for callers that import it from this module.
 """
 
 from __future__ import annotations
@@ -18,10 +27,12 @@ from pathlib import Path
 
 import torch
 
+from ._pooled import _pool_binds, _PooledDecoding
+from ._remote_code import refuse_remote_code
 from .errors import BadInputError, CheckpointError
 from .types import Completion, Generation, ModelInfo, SamplingParams, Usage
 
-__all__ = ["TransformersBackend", "TokenStream", "checkpoint_digest", "load_tokenizer"]
+__all__ = ["TransformersBackend", "TokenStream", "checkpoint_digest", "load_tokenizer", "refuse_remote_code"]
 
 # Rows decoded together at most; more prompts x samples are processed in chunks.
 MAX_BATCH_ROWS = 256
@@ -40,14 +51,15 @@ def checkpoint_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_tokenizer(path: str | Path):
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     """The checkpoint's tokenizer, as its ``tokenizer.json`` defines it.
 
     transformers 5's ``AutoTokenizer`` picks the tokenizer class from the model type for
     some architectures (Qwen2 among them) and rebuilds the pre-tokenizer from that class,
     ignoring the saved one: a character-level tokenizer saved beside a Qwen2 model then
     silently drops spaces. A checkpoint that declares the generic fast tokenizer class
-    is therefore loaded with exactly that class.
+    is therefore loaded with exactly that class. ``trust_remote_code`` is always passed
+    on, so that transformers never asks on stdin whether to run a checkpoint's code.
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -55,8 +67,8 @@ def load_tokenizer(path: str | Path):
     config = path / "tokenizer_config.json"
     declared = json.loads(config.read_text()).get("tokenizer_class") if config.is_file() else None
     if declared in ("TokenizersBackend", "PreTrainedTokenizerFast") and (path / "tokenizer.json").is_file():
-        return PreTrainedTokenizerFast.from_pretrained(path)
-    return AutoTokenizer.from_pretrained(path)
+        return PreTrainedTokenizerFast.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
 def _pick_device(device: str) -> torch.device:
@@ -88,10 +100,18 @@ class TransformersBackend:
         name: The model name recorded in traces (default: the directory name).
         device: ``"auto"`` (GPU if present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         dtype: Torch dtype name; default float32 on CPU, bfloat16 on GPU.
+        trust_remote_code: Allow the checkpoint to run its own Python (``auto_map``).
+
+    Attributes:
+        pools_tokens: True: ``generate`` enforces ``max_total_tokens`` itself.
 
     Raises:
         CheckpointError: ``path`` is missing, not a checkpoint, or fails to load.
+        BadInputError: The checkpoint would run its own code and ``trust_remote_code``
+            is False.
     """
+
+    pools_tokens = True
 
     def __init__(
         self,
@@ -100,6 +120,7 @@ class TransformersBackend:
         name: str | None = None,
         device: str = "auto",
         dtype: str | None = None,
+        trust_remote_code: bool = False,
     ):
         from transformers import AutoModelForCausalLM
 
@@ -108,12 +129,15 @@ class TransformersBackend:
             raise CheckpointError(f"model path {self.path} does not exist")
         if not self.path.is_dir() or not (self.path / "config.json").is_file():
             raise CheckpointError(f"{self.path} is not a checkpoint directory (no config.json)")
+        if not trust_remote_code:
+            refuse_remote_code(self.path)
         self.name = name or self.path.name
         self.device = _pick_device(device)
         torch_dtype = _pick_dtype(dtype, self.device)
         try:
-            self.tokenizer = load_tokenizer(self.path)
-            self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch_dtype)
+            self.tokenizer = load_tokenizer(self.path, trust_remote_code=trust_remote_code)
+            self.model = AutoModelForCausalLM.from_pretrained(
+                self.path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
         except Exception as exc:  # any loader failure is a bad checkpoint to the user
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(f"cannot load checkpoint {self.path}: {first}") from exc
@@ -142,6 +166,8 @@ class TransformersBackend:
         if isinstance(prompts, str):
             raise BadInputError("generate() takes a list of prompts, not one string")
         encoded = [self._encode(p) for p in prompts]
+        if params.max_total_tokens is not None and any(_pool_binds(self, len(e), params) for e in encoded):
+            return self._generate_pooled(encoded, params)
         per_chunk = max(1, MAX_BATCH_ROWS // params.n)
         out: list[Generation] = []
         for i, start in enumerate(range(0, len(encoded), per_chunk)):
@@ -157,11 +183,27 @@ class TransformersBackend:
             out.extend(decoder.generations(latency))
         return out
 
+    def _generate_pooled(self, encoded: list[list[int]], params: SamplingParams) -> list[Generation]:
+        # Each prompt has its own pool, so prompts decode one after another.
+        out: list[Generation] = []
+        for i, ids in enumerate(encoded):
+            t0 = time.perf_counter()
+            own = params if params.seed is None or i == 0 else params.model_copy(
+                update={"seed": params.seed + 1_000_003 * i})
+            decoder = _PooledDecoder(self, ids, own)
+            while decoder.step():
+                pass
+            out.extend(decoder.generations(time.perf_counter() - t0))
+        return out
+
     def stream(self, prompt: str, params: SamplingParams) -> "TokenStream":
         """Streams one completion as text deltas; ``.generation`` holds its bill at the end."""
         if params.n != 1:
             raise BadInputError("stream() samples one completion: n must be 1")
-        return TokenStream(_Decoder(self, [self._encode(prompt)], params))
+        ids = self._encode(prompt)
+        if params.max_total_tokens is not None and _pool_binds(self, len(ids), params):
+            return TokenStream(_PooledDecoder(self, ids, params))
+        return TokenStream(_Decoder(self, [ids], params))
 
     def close(self) -> None:
         # Nothing to release beyond what the garbage collector frees.
@@ -386,6 +428,14 @@ class _Decoder:
                 Generation(model=self.b.name, prompt_tokens=plen, completions=comps, usage=usage, latency_s=latency)
             )
         return out
+
+
+class _PooledDecoder(_PooledDecoding, _Decoder):
+    """A prompt's samples under a pooled token cap (see :mod:`._pooled`).
+
+    Defined here, not in ``_pooled``, because it needs ``_Decoder``'s sampling and stop
+    checks and ``_pooled`` must not import this module back.
+    """
 
 
 class TokenStream:

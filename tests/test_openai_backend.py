@@ -19,6 +19,13 @@ from ttc.backends.types import ModelInfo, SamplingParams
 URL = "http://fake:8000/v1"
 
 
+@pytest.fixture(autouse=True)
+def _no_ttc_env(monkeypatch):
+    # TTC_TIMEOUT, TTC_TOKENIZER... set in a developer's shell would change the defaults.
+    for name in ("TTC_CONNECT_TIMEOUT", "TTC_TIMEOUT", "TTC_MAX_RETRIES", "TTC_TOKENIZER"):
+        monkeypatch.delenv(name, raising=False)
+
+
 # -- a scripted server ------------------------------------------------------------------
 
 
