@@ -1,16 +1,68 @@
-"""``ttc bench NAME``: side-by-side measurements, JSON (and PNG) under bench/results/."""
+"""``ttc bench NAME``: side-by-side measurements, JSON (and PNG) under bench/results/.
+
+Full runs write under ``bench/results/`` (the committed figures), ``--quick`` runs under
+``bench/results/quick/`` (git-ignored). An explicit ``--out DIR`` that already holds the
+bench's JSON is refused before any work unless ``--force`` is given.
+"""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from ._cli_common import DbOption, JsonOption, emit_json, stderr, stdout
+from ttc.backends.errors import BadInputError
 
-__all__ = ["bench_app"]
+from ._cli_common import DbOption, JsonOption, emit_json, esc, make_table, stderr, stdout
+
+__all__ = ["bench_app", "bench_out_dir", "RESULTS_DIR", "QUICK_RESULTS_DIR"]
+
+RESULTS_DIR = Path("bench/results")
+QUICK_RESULTS_DIR = RESULTS_DIR / "quick"
+
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Directory for the JSON (and plot); default "
+                                             "bench/results, or bench/results/quick with --quick.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite the bench's JSON in an explicit --out.")]
+
+
+def bench_out_dir(out: Path | None, *, quick: bool, name: str, force: bool = False) -> Path:
+    """The directory a bench writes ``<name>.json`` into, checked before any work.
+
+    Args:
+        out: ``--out`` as given (None: the default for a full or a quick run).
+        quick: A ``--quick`` run (its default directory is git-ignored).
+        name: The bench's file name without ``.json`` (as the bench module names it).
+        force: Overwrite an existing file in an explicit ``--out``.
+
+    Raises:
+        BadInputError: ``--out`` is a file, or already holds ``<name>.json`` and ``force`` is off.
+    """
+    if out is None:
+        return QUICK_RESULTS_DIR if quick else RESULTS_DIR
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"--out {out} is a file; give a directory")
+    target = out / f"{name}.json"
+    if target.exists() and not force:
+        raise BadInputError(f"{target} already exists; pass --force to overwrite it or choose another --out")
+    return out
+
+
+def _task_name(task: str) -> str:
+    # The task is part of the file name: only a registered task may reach the path.
+    from ttc.tasks.registry import get_task
+
+    get_task(task)
+    return task
+
+
+@contextmanager
+def _running(what: str):
+    """A transient spinner on stderr while a bench runs; its own progress lines print above it."""
+    with stderr.status(f"bench {esc(what)} ..."):
+        yield
+
 
 bench_app = typer.Typer(help="Benchmarks; results go to bench/results/.", no_args_is_help=True)
 
@@ -28,22 +80,25 @@ def _threads(threads: Annotated[int, typer.Option("--threads", min=1, help="torc
 def bench_throughput(
     quick: Annotated[bool, typer.Option("--quick", help="Fixed seeds, fewer repeats (minutes at most).")] = False,
     model: Annotated[str | None, typer.Option("--model", help="Checkpoint to measure (default: a ~1M model).")] = None,
-    out_dir: Annotated[Path, typer.Option("--out", help="Where the JSON and plot go.")] = Path("bench/results"),
+    out_dir: OutOpt = None,
+    force: ForceOpt = False,
     json_out: JsonOption = False,
 ) -> None:
     """Tokens/s of 16 samples: separate calls vs a batch vs a batch sharing the prompt's prefill."""
+    out_dir = bench_out_dir(out_dir, quick=quick, name="throughput", force=force)
     from .bench.throughput import run_throughput
 
-    result = run_throughput(quick=quick, model=model, out_dir=out_dir, progress=stderr)
+    with _running("throughput"):
+        result = run_throughput(quick=quick, model=model, out_dir=out_dir, progress=stderr)
     if json_out:
         emit_json(result)
         return
-    table = Table("mode", "tokens/s", "wall s", title=f"throughput: {result['model']['name']}")
+    table = make_table("mode", "tokens/s", "wall s", title=f"throughput: {result['model']['name']}")
     for mode, row in result["modes"].items():
-        table.add_row(mode, f"{row['tokens_per_s']:.0f}", f"{row['wall_s_median']:.2f}")
+        table.add_row(esc(mode), f"{row['tokens_per_s']:.0f}", f"{row['wall_s_median']:.2f}")
     stdout.print(table)
     stdout.print(f"speedup (shared prefix vs separate calls): {result['speedup']:.2f}x; "
-                 f"written to {result['files']['json']}")
+                 f"written to {esc(result['files']['json'])}")
 
 
 @bench_app.command("backtrack-vs-parallel")
@@ -54,28 +109,33 @@ def bench_backtrack(
     direct_model: Annotated[str | None, typer.Option("--direct-model", help="Default: TASK-direct.")] = None,
     search_model: Annotated[str | None, typer.Option("--search-model", help="Default: TASK-search.")] = None,
     tree_search: Annotated[bool, typer.Option("--tree-search/--no-tree-search")] = True,
-    out_dir: Annotated[Path, typer.Option("--out", help="Where the JSON and plot go.")] = Path("bench/results"),
+    out_dir: OutOpt = None,
+    force: ForceOpt = False,
     json_out: JsonOption = False,
 ) -> None:
     """Accuracy vs compute: direct model best-of-n vs search model traces vs tree search, paper FLOPs."""
+    name = f"backtrack-vs-parallel-{_task_name(task)}"
+    out_dir = bench_out_dir(out_dir, quick=quick, name=name, force=force)
     from .bench.backtrack import run_backtrack_vs_parallel
 
-    r = run_backtrack_vs_parallel(task=task, quick=quick, n_problems=n_problems, direct_model=direct_model,
-                                  search_model=search_model, with_tree_search=tree_search, out_dir=out_dir,
-                                  progress=stderr)
+    with _running(name):
+        r = run_backtrack_vs_parallel(task=task, quick=quick, n_problems=n_problems, direct_model=direct_model,
+                                      search_model=search_model, with_tree_search=tree_search, out_dir=out_dir,
+                                      progress=stderr)
     if json_out:
         emit_json(r)
         return
-    for name, pts in r["curves"].items():
-        table = Table("budget FLOPs", "tokens", "solved", "95% CI", title=name)
+    for curve, pts in r["curves"].items():
+        table = make_table("budget FLOPs", "tokens", "solved", "95% CI", title=curve)
         for p in pts:
             table.add_row(f"{p['budget_flops']:.3g}", f"{p['budget_tokens']:.0f}", f"{p['accuracy']:.1%}",
                           f"{p['ci95'][0]:.1%}-{p['ci95'][1]:.1%}")
         stdout.print(table)
     paper = r["paper"] or {}
-    stdout.print(f"paper ({paper.get('model_size')}): backtracking {paper.get('backtracking')} vs direct {paper.get('direct')}")
-    stdout.print(f"winner at the largest common compute: {r['winner_at_max_budget']}; "
-                 f"search scales with L: {r['search_scales']}; written to {r['files']['json']}")
+    stdout.print(esc(f"paper ({paper.get('model_size')}): backtracking {paper.get('backtracking')} "
+                     f"vs direct {paper.get('direct')}"))
+    stdout.print(esc(f"winner at the largest common compute: {r['winner_at_max_budget']}; "
+                     f"search scales with L: {r['search_scales']}; written to {r['files']['json']}"))
 
 
 @bench_app.command("auto")
@@ -86,42 +146,50 @@ def bench_auto(
     n_problems: Annotated[int | None, typer.Option("--problems", min=1, help="Evaluation problems.")] = None,
     n_calibration: Annotated[int | None, typer.Option("--calibration", min=1, help="Calibration problems.")] = None,
     db: DbOption = None,
-    out_dir: Annotated[Path, typer.Option("--out", help="Where the JSON goes.")] = Path("bench/results"),
+    out_dir: OutOpt = None,
+    force: ForceOpt = False,
     json_out: JsonOption = False,
 ) -> None:
     """strategy=auto (calibrated per difficulty bin) vs fixed strategies at equal budget; BoN budget to match."""
+    name = f"auto-{_task_name(task)}"
+    out_dir = bench_out_dir(out_dir, quick=quick, name=name, force=force)
     from .bench.auto import run_auto_bench
 
-    r = run_auto_bench(task=task, quick=quick, budget_tokens=budget_tokens, n_problems=n_problems,
-                       n_calibration=n_calibration, db=db, out_dir=out_dir, progress=stderr)
+    with _running(name):
+        r = run_auto_bench(task=task, quick=quick, budget_tokens=budget_tokens, n_problems=n_problems,
+                           n_calibration=n_calibration, db=db, out_dir=out_dir, progress=stderr)
     if json_out:
         emit_json(r)
         return
-    table = Table("strategy", "accuracy", "95% CI", "tokens/problem", title=f"{task} at {r['budget_tokens']} tokens")
-    for name, row in r["strategies"].items():
-        table.add_row(name, f"{row['accuracy']:.1%}", f"{row['ci95'][0]:.1%}-{row['ci95'][1]:.1%}",
+    table = make_table("strategy", "accuracy", "95% CI", "tokens/problem",
+                       title=f"{task} at {r['budget_tokens']} tokens")
+    for strategy, row in r["strategies"].items():
+        table.add_row(esc(strategy), f"{row['accuracy']:.1%}", f"{row['ci95'][0]:.1%}-{row['ci95'][1]:.1%}",
                       f"{row['mean_tokens']:.0f}")
     stdout.print(table)
     ratio = r["bon_budget_ratio"]
     stdout.print(f"best-of-N needs {r['bon_tokens_to_match_auto'] or 'more than measured'} tokens to match auto"
-                 + (f" ({ratio:.2f}x auto's spend)" if ratio else "") + f"; written to {r['files']['json']}")
+                 + (f" ({ratio:.2f}x auto's spend)" if ratio else "") + f"; written to {esc(r['files']['json'])}")
 
 
 @bench_app.command("overhead")
 def bench_overhead(
     quick: Annotated[bool, typer.Option("--quick", help="Fewer problems and runs (minutes at most).")] = False,
     model: Annotated[str | None, typer.Option("--model", help="Checkpoint (default: the CountDown direct model).")] = None,
-    out_dir: Annotated[Path, typer.Option("--out", help="Where the JSON goes.")] = Path("bench/results"),
+    out_dir: OutOpt = None,
+    force: ForceOpt = False,
     json_out: JsonOption = False,
 ) -> None:
     """Orchestrated, traced best-of-16 vs a hand-written loop making the same backend calls."""
+    out_dir = bench_out_dir(out_dir, quick=quick, name="overhead", force=force)
     from .bench.overhead import run_overhead
 
-    result = run_overhead(quick=quick, model=model, out_dir=out_dir, progress=stderr)
+    with _running("overhead"):
+        result = run_overhead(quick=quick, model=model, out_dir=out_dir, progress=stderr)
     if json_out:
         emit_json(result)
         return
     m = result["modes"]
     stdout.print(f"hand-written {m['hand_written']['wall_s_median']:.3f}s, orchestrated "
                  f"{m['orchestrated']['wall_s_median']:.3f}s (median of {result['runs']}): "
-                 f"ratio {result['ratio']:.3f}; written to {result['files']['json']}")
+                 f"ratio {result['ratio']:.3f}; written to {esc(result['files']['json'])}")

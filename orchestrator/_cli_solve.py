@@ -12,20 +12,28 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ttc.backends.errors import BadInputError
 from ttc.core.budget import Budget
 
-from ._cli_common import open_orchestrator, DbOption, JsonOption, emit_json, read_text_arg, stderr, stdout
+from ._cli_common import (
+    NO_REMOTE, DbOption, JsonOption, RemoteOptions, check_budget, check_int, check_seed, check_strategy_params,
+    check_temperature, emit_json, esc, open_orchestrator, parse_roles, read_text_arg, stderr, stdout,
+    with_remote_options,
+)
 from ._cli_models import read_problems_file
 
 __all__ = ["solve", "evaluate", "read_problem", "strategy_params"]
 
 StrategyOpt = Annotated[str, typer.Option("--strategy", "-s", help="Registry name of the strategy.")]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Built-in name or checkpoint dir (default: the task's).")]
-TempOpt = Annotated[float | None, typer.Option("--temperature", "-t", help="Sampling temperature.")]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Sampling seed.")]
+RoleOpt = Annotated[list[str] | None, typer.Option(
+    "--role", metavar="ROLE=MODEL", help="Model for a role, e.g. search=countdown-search; repeatable.")]
+TempOpt = Annotated[float | None, typer.Option("--temperature", "-t", help="Sampling temperature (>= 0).")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Sampling seed (0 to 2**63-1).")]
 NOpt = Annotated[int | None, typer.Option("-n", "--n", help="Samples at most (parallel strategies).")]
 MaxTokOpt = Annotated[int | None, typer.Option("--max-tokens", help="Tokens per sample / trace length L.")]
-ParamOpt = Annotated[list[str] | None, typer.Option("--param", "-P", help="Other strategy parameter KEY=VALUE (JSON value); repeatable.")]
+ParamOpt = Annotated[list[str] | None, typer.Option(
+    "--param", "-P", metavar="KEY=VALUE", help="Other strategy parameter (JSON value); repeatable.")]
 BudgetOpt = Annotated[int | None, typer.Option("--budget-tokens", help="Token budget per problem.")]
-BaseUrlOpt = Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint serving --model.")]
+BaseUrlOpt = Annotated[str | None, typer.Option(
+    "--base-url", envvar="TTC_BASE_URL", help="OpenAI-compatible endpoint serving --model.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 
 
@@ -42,25 +50,50 @@ def read_problem(value: str) -> dict:
 
 
 def strategy_params(temperature, seed, n, max_tokens, extra: list[str] | None) -> dict[str, Any]:
-    """Strategy keyword parameters from the common flags plus ``--param KEY=VALUE``."""
+    """Strategy keyword parameters from the common flags plus ``--param KEY=VALUE``, checked.
+
+    Raises:
+        BadInputError: A malformed ``KEY=VALUE``, or a value out of range (``n`` < 1, a NaN temperature ...).
+    """
+    if temperature is not None:
+        check_temperature(temperature)
+    if seed is not None:
+        check_seed(seed)
+    if n is not None:
+        check_int(n, "--n")
+    if max_tokens is not None:
+        check_int(max_tokens, "--max-tokens")
     params = {k: v for k, v in {"temperature": temperature, "seed": seed, "n": n, "max_tokens": max_tokens}.items()
               if v is not None}
+    extras: dict[str, Any] = {}
     for item in extra or []:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise BadInputError(f"--param expects KEY=VALUE, got {item!r}")
         try:
-            params[key.strip()] = json.loads(raw)
+            extras[key.strip()] = json.loads(raw)
         except json.JSONDecodeError:
-            params[key.strip()] = raw  # a bare word is a string
-    return params
+            extras[key.strip()] = raw  # a bare word is a string
+    check_strategy_params(extras, source="-P ")
+    return params | extras
 
 
+def _common(task, strategy, temperature, seed, n, max_tokens, param, budget_tokens, role):
+    """The parameters, budget and role models of a solve or an eval, all checked before any work."""
+    params = strategy_params(temperature, seed, n, max_tokens, param)
+    budget = Budget(tokens=check_budget(budget_tokens))
+    roles = parse_roles(role)
+    # `models=` only when roles are given: an Orchestrator without role support still runs the rest.
+    return params, budget, ({"models": roles} if roles else {})
+
+
+@with_remote_options
 def solve(
     task: Annotated[str, typer.Option("--task", help="Task family, e.g. countdown.")],
     problem: Annotated[str, typer.Option("--problem", help='Inline JSON or @file.json, e.g. {"numbers": [3, 5, 7], "target": 22}.')],
     strategy: StrategyOpt = "sample",
     model: ModelOpt = None,
+    role: RoleOpt = None,
     temperature: TempOpt = None,
     seed: SeedOpt = None,
     n: NOpt = None,
@@ -69,15 +102,17 @@ def solve(
     budget_tokens: BudgetOpt = None,
     base_url: BaseUrlOpt = None,
     device: DeviceOpt = "auto",
+    remote: RemoteOptions = NO_REMOTE,
     db: DbOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Solve one problem with a strategy and a model; the run lands in the trace store."""
+    params, budget, models = _common(task, strategy, temperature, seed, n, max_tokens, param, budget_tokens, role)
     obj = read_problem(problem)
-    budget = Budget(tokens=budget_tokens)
-    params = strategy_params(temperature, seed, n, max_tokens, param)
-    with open_orchestrator(db, device) as orc:
-        result = orc.solve(task, obj, strategy=strategy, model=model, budget=budget, base_url=base_url, **params)
+    # Loading a model and a tree search take seconds; the spinner is on stderr and leaves no line behind.
+    with open_orchestrator(db, device, remote) as orc, stderr.status(f"solving with {esc(strategy)} ..."):
+        result = orc.solve(task, obj, strategy=strategy, model=model, budget=budget, base_url=base_url,
+                           **models, **params)
     chosen = next((c for c in result.candidates if result.answer is not None and c.answer == result.answer), None)
     reason = chosen.verdict.reason if chosen and chosen.verdict else None
     usage = {**result.usage.model_dump(), "total_tokens": result.usage.total_tokens}
@@ -93,18 +128,20 @@ def solve(
         stdout.print("[yellow]the budget cannot hold even one sample: no answer[/]")
     else:
         mark = {True: "[green]correct[/]", False: "[red]wrong[/]", None: "[yellow]unchecked[/]"}[result.correct]
-        stdout.print(f"answer: {result.answer!r}  {mark}" + (f" ({reason})" if reason else "")
-                     + f"  [{len(result.candidates)} candidate(s), {result.stop_reason}]")
+        stdout.print(f"answer: {esc(repr(result.answer))}  {mark}" + (f" ({esc(reason)})" if reason else "")
+                     + f"  \\[{len(result.candidates)} candidate(s), {esc(result.stop_reason)}]")
     stdout.print(f"usage: {usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion = "
                  f"{usage['total_tokens']} tokens")
-    stdout.print(f"trace: {result.trace_id}")
+    stdout.print(f"trace: {esc(result.trace_id)}")
 
 
+@with_remote_options
 def evaluate(
     task: Annotated[str, typer.Option("--task", help="Task family, e.g. countdown.")],
     problems: Annotated[Path, typer.Option("--problems", help="JSONL file, one problem per line.")],
     strategy: StrategyOpt = "sample",
     model: ModelOpt = None,
+    role: RoleOpt = None,
     temperature: TempOpt = None,
     seed: SeedOpt = None,
     n: NOpt = None,
@@ -114,19 +151,20 @@ def evaluate(
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use the first N problems only.")] = None,
     base_url: BaseUrlOpt = None,
     device: DeviceOpt = "auto",
+    remote: RemoteOptions = NO_REMOTE,
     db: DbOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Run a strategy over a problem file: accuracy with its 95% interval, and what it cost."""
     from ttc.tasks.registry import get_task
 
+    params, budget, models = _common(task, strategy, temperature, seed, n, max_tokens, param, budget_tokens, role)
     loaded = read_problems_file(problems, get_task(task))[:limit]
-    budget = Budget(tokens=budget_tokens)
-    params = strategy_params(temperature, seed, n, max_tokens, param)
+    # transient: a finished (or failed) bar leaves no line behind on a log or a terminal.
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("correct {task.fields[ok]}"), TimeElapsedColumn(), console=stderr)
-    with open_orchestrator(db, device) as orc, bar:
-        tid = bar.add_task(f"{task}/{strategy}", total=len(loaded), ok=0)
+                   TextColumn("correct {task.fields[ok]}"), TimeElapsedColumn(), console=stderr, transient=True)
+    with open_orchestrator(db, device, remote) as orc, bar:
+        tid = bar.add_task(esc(f"{task}/{strategy}"), total=len(loaded), ok=0)
         solved = [0]
 
         def tick(i, result):
@@ -134,12 +172,12 @@ def evaluate(
             bar.update(tid, advance=1, ok=solved[0])
 
         report = orc.evaluate(task, loaded, strategy=strategy, model=model, budget=budget, base_url=base_url,
-                              on_problem=tick, **params)
+                              on_problem=tick, **models, **params)
     if json_out:
         emit_json(report)
         return
     lo, hi = report.ci95
-    stdout.print(f"{report.strategy} on {report.n_problems} {task} problems with {report.model}: "
+    stdout.print(f"{esc(report.strategy)} on {report.n_problems} {esc(task)} problems with {esc(report.model)}: "
                  f"accuracy {report.accuracy:.1%} (95% CI {lo:.1%}-{hi:.1%}), "
                  f"{report.mean_tokens:.0f} tokens per problem")
-    stdout.print(f"trace: {report.trace_id}")
+    stdout.print(f"trace: {esc(report.trace_id)}")

@@ -6,24 +6,37 @@ print one line on stderr; a traceback only with ``--debug``.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import Annotated
 
-import click
 import typer
 from pydantic import ValidationError
-from rich.table import Table
 from rich.tree import Tree
 
 from ttc.backends.errors import TTCError
 from ttc.backends.types import SamplingParams
 from ttc.core.budget import Budget
 
-from ._cli_common import open_orchestrator, DbOption, JsonOption, emit_json, read_text_arg, stderr, stdout
+from ._cli_common import (
+    NO_REMOTE, DbOption, JsonOption, RemoteOptions, check_budget, check_int, check_seed, check_temperature,
+    check_top_p, emit_json, esc, make_table, open_orchestrator, read_text_arg, stderr, stdout, with_remote_options,
+)
 from ._cli_bench import bench_app
 from ._cli_models import models_app
+from ._cli_registry import strategies_app, tasks_app, verify_app
 from ._cli_solve import evaluate, solve
+
+try:  # typer >= 0.2x parses with its own copy of click, whose errors are not click's
+    from typer._click import exceptions as _parser_errors
+except ImportError:  # older typer: click itself
+    from click import exceptions as _parser_errors
+
+ClickException = _parser_errors.ClickException
+UsageError = _parser_errors.UsageError
+# click < 8.2 prints a bare group's help itself: then there is nothing to catch.
+NoArgsIsHelpError = getattr(_parser_errors, "NoArgsIsHelpError", ())
 
 __all__ = ["app", "main"]
 
@@ -33,15 +46,32 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: Rich's help panels print a type after every flag (`--json <bool>`).
+    rich_markup_mode=None,
 )
 traces_app = typer.Typer(help="Query the trace store.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(traces_app, name="traces")
 app.add_typer(bench_app, name="bench")
+app.add_typer(tasks_app, name="tasks")
+app.add_typer(strategies_app, name="strategies")
+app.add_typer(verify_app, name="verify")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from ttc import __version__
+
+        print(f"ttc {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
-def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False) -> None:
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
     """ttc: an agentic test-time compute orchestrator."""
     if debug:
         os.environ["TTC_DEBUG"] = "1"
@@ -51,6 +81,7 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks o
 
 
 @app.command()
+@with_remote_options
 def generate(
     model: Annotated[str, typer.Option("--model", "-m", help="Built-in name, checkpoint dir, or served name with --base-url.")],
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="Prompt text, @FILE, or - for stdin.")],
@@ -59,19 +90,27 @@ def generate(
     temperature: Annotated[float, typer.Option("--temperature", "-t")] = 1.0,
     top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
-    stop: Annotated[list[str] | None, typer.Option("--stop", help="Stop string; repeatable.")] = None,
+    stop: Annotated[list[str] | None, typer.Option("--stop", metavar="TEXT", help="Stop string; repeatable.")] = None,
     budget_tokens: Annotated[int | None, typer.Option("--budget-tokens", help="Token budget; the call shrinks to fit.")] = None,
-    base_url: Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1.")] = None,
+    base_url: Annotated[str | None, typer.Option(
+        "--base-url", envvar="TTC_BASE_URL", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    remote: RemoteOptions = NO_REMOTE,
     db: DbOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Sample completions from a model and record the call in the trace store."""
+    check_int(n, "--n")
+    check_int(max_tokens, "--max-tokens")
+    check_temperature(temperature)
+    check_top_p(top_p)
+    if seed is not None:
+        check_seed(seed)
+    budget = Budget(tokens=check_budget(budget_tokens))
     text = read_text_arg(prompt, "prompt")
     params = SamplingParams(n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
                             stop=tuple(stop or ()))
-    budget = Budget(tokens=budget_tokens)
-    with open_orchestrator(db, device) as orc:
+    with open_orchestrator(db, device, remote) as orc:
         out = orc.generate(model, text, params=params, budget=budget, base_url=base_url)
     completions = [
         {"prompt_index": i, "index": j, "text": c.text, "completion_tokens": c.completion_tokens,
@@ -86,14 +125,14 @@ def generate(
         return
     if not completions:
         stderr.print("[yellow]the budget cannot hold even one completion: nothing was sampled[/]")
-    table = Table("#", "tokens", "finish", "text", title=f"{out.model}: {len(completions)} completion(s)")
+    table = make_table("#", "tokens", "finish", "text", title=f"{out.model}: {len(completions)} completion(s)")
     for c in completions:
-        table.add_row(str(c["index"]), str(c["completion_tokens"]), c["finish_reason"], repr(c["text"]))
+        table.add_row(str(c["index"]), str(c["completion_tokens"]), esc(c["finish_reason"]), esc(repr(c["text"])))
     stdout.print(table)
     flops = f"{out.flops:.3g}" if out.flops is not None else "unknown"
     stdout.print(f"usage: {usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion = "
                  f"{usage['total_tokens']} tokens, {flops} FLOPs")
-    stdout.print(f"trace: {out.trace_id}")
+    stdout.print(f"trace: {esc(out.trace_id)}")
 
 
 # ---------------------------------------------------------------------- solve and eval
@@ -107,7 +146,7 @@ app.command("eval")(evaluate)
 
 @traces_app.command("list")
 def traces_list(
-    limit: Annotated[int, typer.Option("--limit", min=1)] = 20,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000, help="Runs to show at most.")] = 20,
     kind: Annotated[str | None, typer.Option("--kind")] = None,
     status: Annotated[str | None, typer.Option("--status")] = None,
     db: DbOption = None,
@@ -119,11 +158,26 @@ def traces_list(
     if json_out:
         emit_json({"runs": runs})
         return
-    table = Table("id", "kind", "name", "status", "started", "in", "out")
+    table = make_table("id", "kind", "name", "status", "started", "in", "out")
     for r in runs:
-        table.add_row(r.id, r.kind, r.name, r.status, r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+        table.add_row(esc(r.id), esc(r.kind), esc(r.name), esc(r.status), r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
                       str(r.input_tokens), str(r.output_tokens))
     stdout.print(table if runs else "no runs recorded yet")
+
+
+def _span_label(s) -> str:
+    label = f"{esc(s.kind)}:{esc(s.name)}"
+    if s.model:
+        label += f" model={esc(s.model)}"
+    if s.input_tokens or s.output_tokens:
+        label += f" in={s.input_tokens} out={s.output_tokens}"
+    if s.finish_reason:
+        label += f" finish={esc(s.finish_reason)}"
+    if s.latency_s is not None:
+        label += f" {s.latency_s * 1000:.0f}ms"
+    if s.status == "error":
+        label += f" [red]error: {esc(s.error)}[/]"
+    return label
 
 
 @traces_app.command("show")
@@ -139,22 +193,13 @@ def traces_show(
         emit_json(detail)
         return
     r = detail.run
-    root = Tree(f"[bold]{r.kind}[/] {r.name}  {r.id}  [{'green' if r.status == 'ok' else 'red'}]{r.status}[/]"
+    colour = "green" if r.status == "ok" else "red"
+    root = Tree(f"[bold]{esc(r.kind)}[/] {esc(r.name)}  {esc(r.id)}  [{colour}]{esc(r.status)}[/]"
                 f"  in={r.input_tokens} out={r.output_tokens}")
-    nodes = {}
-    for s in detail.spans:  # parents end after children, so place by parent id in a second pass
-        label = f"{s.kind}:{s.name}"
-        if s.model:
-            label += f" model={s.model}"
-        if s.input_tokens or s.output_tokens:
-            label += f" in={s.input_tokens} out={s.output_tokens}"
-        if s.finish_reason:
-            label += f" finish={s.finish_reason}"
-        if s.latency_s is not None:
-            label += f" {s.latency_s * 1000:.0f}ms"
-        if s.status == "error":
-            label += f" [red]error: {s.error}[/]"
-        nodes[s.id] = (s, label)
+    if r.error:
+        root.add(f"[red]error: {esc(r.error)}[/]")
+    # Parents end after their children, so spans are placed by parent id in a second pass.
+    nodes = {s.id: (s, _span_label(s)) for s in detail.spans}
     children: dict[str | None, list[str]] = {}
     for sid, (s, _) in nodes.items():
         parent = s.parent_id if s.parent_id in nodes else None
@@ -167,10 +212,10 @@ def traces_show(
     attach(root, None)
     stdout.print(root)
     if detail.candidates:
-        table = Table("#", "answer", "correct", "score", "tokens", "text", title="candidates")
+        table = make_table("#", "answer", "correct", "score", "tokens", "text", title="candidates")
         for c in detail.candidates:
-            table.add_row(str(c.idx), str(c.answer), str(c.correct), "" if c.score is None else f"{c.score:.3g}",
-                          str(c.tokens), repr(c.text[:80]))
+            table.add_row(str(c.idx), esc(c.answer), str(c.correct), "" if c.score is None else f"{c.score:.3g}",
+                          str(c.tokens), esc(repr(c.text[:80])))
         stdout.print(table)
 
 
@@ -186,24 +231,32 @@ def traces_stats(
     if json_out:
         emit_json(st)
         return
-    stdout.print(f"runs: {st.runs} {dict(st.runs_by_status)}; tokens: {st.input_tokens} in, {st.output_tokens} out")
-    table = Table("model", "calls", "in", "out", "mean latency")
+    stdout.print(f"runs: {st.runs} {esc(dict(st.runs_by_status))}; "
+                 f"tokens: {st.input_tokens} in, {st.output_tokens} out")
+    table = make_table("model", "calls", "in", "out", "mean latency")
     for m in st.models:
         lat = "" if m.mean_latency_s is None else f"{m.mean_latency_s * 1000:.0f}ms"
-        table.add_row(str(m.model), str(m.calls), str(m.input_tokens), str(m.output_tokens), lat)
+        table.add_row(esc(m.model), str(m.calls), str(m.input_tokens), str(m.output_tokens), lat)
     stdout.print(table)
-    stdout.print(f"spans by kind: {dict(st.span_kinds)}")
+    stdout.print(f"spans by kind: {esc(dict(st.span_kinds))}")
 
 
 # ---------------------------------------------------------------------- demo
 
 
 @app.command()
-def demo(db: DbOption = None, json_out: JsonOption = False) -> None:
+@with_remote_options
+def demo(
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    remote: RemoteOptions = NO_REMOTE,
+    db: DbOption = None,
+    json_out: JsonOption = False,
+) -> None:
     """Run the main job on built-in defaults: a built-in model on a few problems, traced."""
     from .demo import run_demo
 
-    result = run_demo(db=db, console=stdout if not json_out else stderr)
+    result = run_demo(db=db, console=stdout if not json_out else stderr, progress=stderr, device=device,
+                      remote=remote)
     if json_out:
         emit_json(result)
 
@@ -223,10 +276,66 @@ def _validation_message(exc: ValidationError) -> str:
     return msg if not loc or loc in msg else f"{loc}: {msg}"
 
 
+def _fail(code: int, kind: str, message: str, json_mode: bool) -> int:
+    """Reports a failure: one line on stderr and, under ``--json``, one error object on stdout."""
+    message = _one_line(message)
+    print(f"error: {message}" if code != 130 else message, file=sys.stderr)
+    if json_mode:
+        sys.stdout.write(json.dumps({"error": {"type": kind, "message": message}}) + "\n")
+        sys.stdout.flush()
+    return code
+
+
+def _run(args: list[str], debug: bool, json_mode: bool) -> int:
+    """Runs the app; every error becomes one line (and, under --json, one error object) and a code."""
+    try:
+        rv = app(args=args, prog_name="ttc", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+        if code == 130:  # typer turns Ctrl-C into a returned 130
+            _fail(130, "KeyboardInterrupt", "interrupted", json_mode)
+        elif code:
+            _fail(code, "Exit", f"exit status {code}", json_mode)
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.Abort:
+        code = _fail(130, "Abort", "aborted", json_mode)
+    except NoArgsIsHelpError as exc:  # `ttc` or `ttc traces` alone: the help is the answer
+        print(exc.format_message())
+        code = 0
+    except UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        code = _fail(2, type(exc).__name__, _one_line(exc.format_message()) + hint, json_mode)
+    except ClickException as exc:
+        code = _fail(exc.exit_code, type(exc).__name__, exc.format_message(), json_mode)
+    except ValidationError as exc:
+        code = _fail(2, "BadInputError", _validation_message(exc), json_mode)
+        if debug:
+            raise
+    except KeyboardInterrupt:
+        code = _fail(130, "KeyboardInterrupt", "interrupted", json_mode)
+    except BrokenPipeError:
+        raise  # the reader of stdout went away: main() ends quietly
+    except Exception as exc:
+        # Our own errors say which exit code they mean (TTCError, store errors).
+        code = exc.exit_code if isinstance(getattr(exc, "exit_code", None), int) else 1
+        plain = isinstance(exc, TTCError) or hasattr(exc, "exit_code")
+        text = _one_line(str(exc)) if str(exc).strip() else type(exc).__name__
+        code = _fail(code, type(exc).__name__, text if plain else f"{type(exc).__name__}: {text}", json_mode)
+        if debug:
+            raise
+    return code
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry: runs the app and maps errors to one line and an exit code."""
+    """Console-script entry: runs the app and maps every error to one line and an exit code.
+
+    With ``--json`` among the arguments, a failure also prints exactly one
+    ``{"error": {"type", "message"}}`` object on stdout, whatever raised it (a usage error
+    of the parser included), with the same exit code.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or bool(os.environ.get("TTC_DEBUG"))
+    json_mode = "--json" in args
     try:
         from transformers.utils import logging as hf_logging
 
@@ -235,35 +344,12 @@ def main(argv: list[str] | None = None) -> None:
     except Exception:  # transformers is optional for commands such as `traces`
         pass
     try:
-        rv = app(args=args, prog_name="ttc", standalone_mode=False)
-        code = rv if isinstance(rv, int) else 0
-    except click.exceptions.Exit as exc:
-        code = exc.exit_code
-    except click.exceptions.Abort:
-        stderr.print("aborted", highlight=False)
-        code = 130
-    except click.UsageError as exc:
-        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
-        print(f"error: {_one_line(exc.format_message())}{hint}", file=sys.stderr)
-        code = 2
-    except click.ClickException as exc:
-        print(f"error: {_one_line(exc.format_message())}", file=sys.stderr)
-        code = exc.exit_code
-    except ValidationError as exc:
-        if debug:
-            raise
-        print(f"error: {_validation_message(exc)}", file=sys.stderr)
-        code = 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        code = 130
-    except Exception as exc:
-        if debug:
-            raise
-        # Our own errors say which exit code they mean (TTCError, store errors).
-        code = getattr(exc, "exit_code", 1) if isinstance(getattr(exc, "exit_code", None), int) else 1
-        prefix = "" if isinstance(exc, TTCError) or hasattr(exc, "exit_code") else f"{type(exc).__name__}: "
-        print(f"error: {prefix}{_one_line(str(exc)) if str(exc).strip() else type(exc).__name__}", file=sys.stderr)
+        code = _run(args, debug, json_mode)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `ttc traces list | head`: no traceback, and no second error when Python flushes at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
     sys.exit(code)
 
 

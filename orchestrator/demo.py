@@ -12,9 +12,11 @@ import re
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ttc.core.budget import Budget
+
+from ._cli_common import RemoteOptions, esc, make_table, open_orchestrator
 
 __all__ = ["run_demo"]
 
@@ -22,19 +24,30 @@ N_PROBLEMS = 8
 BUDGET_TOKENS = 800
 
 
-def run_demo(db: str | None = None, console: Console | None = None) -> dict[str, Any]:
-    from ttc.tasks.registry import get_task
+def run_demo(db: str | None = None, console: Console | None = None, *, progress: Console | None = None,
+             device: str = "auto", remote: RemoteOptions | None = None) -> dict[str, Any]:
+    """Runs the demo and returns its summary (what ``ttc demo --json`` prints).
 
-    from .api import Orchestrator
+    Args:
+        db: Trace store URL (default: ``TTC_DB``, then ``sqlite:///ttc.db``).
+        console: Where the human-readable report goes.
+        progress: Where the progress bar goes (a stderr console); None shows none.
+        device: Where the built-in model runs.
+        remote: Trust and remote options for the Orchestrator.
+    """
+    from ttc.tasks.registry import get_task
 
     console = console or Console()
     task = get_task("countdown")
     problems = task.make_problems(N_PROBLEMS, seed=0, split="test")
     rows = []
-    with Orchestrator(db=db) as orc:
+    bar = Progress(TextColumn("[bold]demo"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=progress, disable=progress is None, transient=True)
+    with open_orchestrator(db, device, remote) as orc, bar:
         model = task.default_model
-        console.print(f"{len(problems)} held-out CountDown problems, model [bold]{model}[/]: one sample each, "
-                      f"then best-of-n within {BUDGET_TOKENS} tokens per problem. Traces go to {orc.db_url}")
+        console.print(f"{len(problems)} held-out CountDown problems, model [bold]{esc(model)}[/]: one sample each, "
+                      f"then best-of-n within {BUDGET_TOKENS} tokens per problem. Traces go to {esc(orc.db_url)}")
+        tid = bar.add_task("demo", total=len(problems))
         for p in problems:
             one = orc.solve("countdown", p, strategy="sample", temperature=0.7, seed=0)
             bon = orc.solve("countdown", p, strategy="best_of_n", budget=Budget(tokens=BUDGET_TOKENS),
@@ -43,13 +56,15 @@ def run_demo(db: str | None = None, console: Console | None = None) -> dict[str,
                          "sample": {"correct": bool(one.correct), "tokens": one.tokens, "trace_id": one.trace_id},
                          "best_of_n": {"answer": bon.answer, "correct": bool(bon.correct), "tokens": bon.tokens,
                                        "samples": len(bon.candidates), "trace_id": bon.trace_id}})
-    table = Table("numbers", "target", "1 sample", "best-of-n answer", "ok", "samples", "tokens", "trace")
+            bar.update(tid, advance=1)
+    table = make_table("numbers", "target", "1 sample", "best-of-n answer", "ok", "samples", "tokens", "trace")
     for r in rows:
         b = r["best_of_n"]
         table.add_row(" ".join(map(str, r["numbers"])), str(r["target"]),
                       "[green]yes[/]" if r["sample"]["correct"] else "[red]no[/]",
-                      re.sub(r":[0-9 ]*", "", b["answer"] or "") if b["correct"] else "-", "[green]yes[/]" if b["correct"] else "[red]no[/]",
-                      str(b["samples"]), str(b["tokens"]), b["trace_id"][:12])
+                      esc(re.sub(r":[0-9 ]*", "", b["answer"] or "")) if b["correct"] else "-",
+                      "[green]yes[/]" if b["correct"] else "[red]no[/]",
+                      str(b["samples"]), str(b["tokens"]), esc(b["trace_id"][:12]))
     console.print(table)
     summary = {}
     for key in ("sample", "best_of_n"):

@@ -114,7 +114,7 @@ def test_solve_budget_too_small_returns_no_answer(capsys, tiny_checkpoint, sqlit
         (["generate", "--model", "/no/such/dir", "--prompt", "x"], "unknown model"),
         (["generate", "--model", "{tmp}", "--prompt", "x"], "not a checkpoint directory"),
         (["generate", "--model", "{ckpt}", "--prompt", "x", "-n", "0"], "n must be at least 1"),
-        (["generate", "--model", "{ckpt}", "--prompt", "x", "--budget-tokens", "-3"], "must be positive"),
+        (["generate", "--model", "{ckpt}", "--prompt", "x", "--budget-tokens", "-3"], "--budget-tokens must be at least 1"),
         (["generate", "--model", "{ckpt}", "--prompt", "x", "--temperature", "-1"], "temperature"),
         (["generate", "--model", "{ckpt}", "--prompt", "@/no/such/file"], "cannot read prompt file"),
         (["traces", "list", "--db", "ttc.db"], "sqlite:///"),
