@@ -120,8 +120,11 @@ def solve(
         emit_json({"task": task, "strategy": result.strategy, "answer": result.answer, "correct": result.correct,
                    "reason": reason, "usage": usage, "tokens": result.tokens, "flops": result.flops,
                    "paper_flops": result.paper_flops, "eflops": result.eflops, "stop_reason": result.stop_reason,
-                   "trace_id": result.trace_id,
+                   "overdrawn": result.overdrawn, "trace_id": result.trace_id,
+                   "samples": len(result.candidates),
+                   "cut": sum(c.finish_reason == "budget" for c in result.candidates),
                    "candidates": [{"text": c.text, "answer": c.answer, "tokens": c.tokens,
+                                   "finish_reason": c.finish_reason,
                                    "correct": c.verdict.correct if c.verdict else None} for c in result.candidates]})
         return
     if result.stop_reason == "no_budget":

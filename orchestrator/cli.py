@@ -121,7 +121,7 @@ def generate(
     if json_out:
         emit_json({"model": out.model, "trace_id": out.trace_id, "completions": completions, "usage": usage,
                    "flops": out.flops, "paper_flops": out.paper_flops, "eflops": out.eflops,
-                   "skipped_prompts": out.skipped})
+                   "skipped_prompts": out.skipped, "overdrawn": out.overdrawn})
         return
     if not completions:
         stderr.print("[yellow]the budget cannot hold even one completion: nothing was sampled[/]")
