@@ -3,6 +3,8 @@
 Token counts come from the server's ``usage``, because budgets settle in exact tokens;
 a server is untrusted, so each count is checked before anything is billed. Transient
 failures are retried with jittered backoff (see ``_retry``); rejected requests are not.
+Streams live in ``_openai_stream`` and the checks and splitting of usage in ``_usage``;
+``OpenAIStream`` is re-exported here, where callers have always found it.
 The injectable ``httpx`` client is also the tests' seam (``httpx.MockTransport``), and
 the injectable sleep and clock let them check the retry schedule without waiting.
 """
@@ -11,8 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from itertools import chain
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -20,35 +21,31 @@ from urllib.parse import urlparse
 import httpx
 import openai
 
+from ._openai_stream import OpenAIStream
 from ._retry import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
     RetryPolicy,
-    StreamCut,
     call_with_retries,
-    describe,
     env_text,
     one_line,
     retries_option,
     seconds_option,
 )
-from .errors import BackendError, BadInputError, InvalidUsageError, TTCError
+from ._usage import Choice, finish_reason, split_total, usage_pair, utf8_len
+from .errors import BackendError, BadInputError, TTCError
 from .types import Completion, Generation, ModelInfo, SamplingParams, Usage
 
 __all__ = ["OpenAIBackend", "OpenAIStream"]
 
 Mode = Literal["completions", "chat"]
-Choice = tuple[str, str | None, list[float] | None]  # text, server finish reason, logprobs
 
 # Byte-level tokenizers never need more tokens than UTF-8 bytes, but a server may add
 # special tokens (BOS, a SentencePiece dummy-prefix piece) and, in chat mode, a whole chat
 # template around the text. These allowances keep the fallback count an upper bound.
 _SPECIAL_TOKEN_ALLOWANCE = 4
 _CHAT_TEMPLATE_ALLOWANCE = 64
-
-# Reported token counts must fit a signed 32-bit column; no real call comes near it.
-_MAX_REPORTED_TOKENS = 2**31
 
 
 class OpenAIBackend:
@@ -299,7 +296,7 @@ class OpenAIBackend:
             ) from exc
         if not choices:
             raise BackendError(f"{self.base_url}: the server returned no choices")
-        return choices, _usage_pair(reported, self.base_url)
+        return choices, usage_pair(reported, self.base_url)
 
     def _build(
         self,
@@ -322,7 +319,7 @@ class OpenAIBackend:
                 f"{self.base_url}: the server reported no token usage (or only part of "
                 "it); pass tokenizer= so ttc can count tokens (budgets need exact counts)"
             )
-        finishes = [_finish(reason) for _, reason, _ in choices]
+        finishes = [finish_reason(reason) for _, reason, _ in choices]
         counts = self._split(total, choices, finishes, params.max_tokens)
         return Generation(
             model=self.model,
@@ -340,28 +337,9 @@ class OpenAIBackend:
     def _split(
         self, total: int, choices: list[Choice], finishes: list[str], max_tokens: int
     ) -> list[int]:
-        """Per-choice token counts that add up to the server's completion total.
-
-        Usage has one total for all n choices. Per-choice logprobs give exact lengths.
-        Otherwise a choice cut by ``length`` has ``max_tokens`` tokens, and the rest of
-        the total is shared among the others in proportion to their tokenizer counts, or
-        failing that their byte lengths: an estimate per choice, but the sum is exactly
-        what the server billed, which is what budgets settle on.
-        """
-        if len(choices) == 1:
-            return [total]
-        if all(lps is not None for _, _, lps in choices):
-            return _apportion(total, [len(lps) for _, _, lps in choices])
-        count = self._count_text if self._tokenizer is not None else _utf8_len
-        weights = [count(text) for text, _, _ in choices]
-        free = [i for i, f in enumerate(finishes) if f != "length"]
-        rest = total - (len(choices) - len(free)) * max_tokens
-        if len(free) == len(choices) or rest < 0 or (not free and rest != 0):
-            return _apportion(total, weights)
-        counts = [max_tokens] * len(choices)
-        for i, k in zip(free, _apportion(rest, [weights[i] for i in free])):
-            counts[i] = k
-        return counts
+        """Per-choice counts summing to ``total``, weighed by tokenizer or UTF-8 length."""
+        count = self._count_text if self._tokenizer is not None else utf8_len
+        return split_total(total, choices, finishes, max_tokens, count)
 
     def _count_text(self, text: str) -> int:
         return len(self._tokenizer.encode(text, add_special_tokens=False))
@@ -375,202 +353,6 @@ class OpenAIBackend:
                 ids = ids["input_ids"]
             return len(ids)
         return sum(len(tok.encode(str(m.get("content", "")))) for m in messages)
-
-    def _open_stream(self, prompt: str, params: SamplingParams) -> tuple[Any, Any, list[Any]]:
-        """Start a stream and read ahead to its first text chunk.
-
-        Until that chunk nothing has reached the caller, so any failure up to here can be
-        retried like an ordinary request.
-        """
-        # Logprobs are not collected from streams; asking would only bloat every chunk.
-        kwargs = self._sampling_kwargs(params.model_copy(update={"logprobs": False}),
-                                       chat=self.mode == "chat")
-        kwargs.update(stream=True, stream_options={"include_usage": True})
-        if self.mode == "chat":
-            messages = [{"role": "user", "content": prompt}]
-            stream = self._client.chat.completions.create(messages=messages, **kwargs)
-        else:
-            stream = self._client.completions.create(prompt=prompt, **kwargs)
-        head: list[Any] = []
-        try:
-            it = iter(stream)
-            for chunk in it:
-                head.append(chunk)
-                if _chunk_text(chunk, self.mode):
-                    return stream, it, head
-        except BaseException:
-            stream.close()
-            raise
-        if not any(_chunk_finish(c) for c in head):
-            raise StreamCut("stream ended before any text and without a finish reason")
-        return stream, it, head
-
-
-class OpenAIStream:
-    """Iterator of the text chunks of one streamed completion, billed when it ends.
-
-    Like the transformers backend's TokenStream: ``generation`` is set once the stream
-    finishes, or when a consumer (TrimR) stops early with ``close()``, which bills what
-    was received so far with finish reason ``"stop"``. ``usage`` is set whenever tokens
-    were spent, a stream cut by the network included.
-
-    An early stop or a cut gets no final usage from the server, so it is billed by the
-    last per-chunk usage if the server sent one, else by the tokenizer's count of the
-    text received, else by the number of chunks received (vLLM and llama.cpp send one
-    token per chunk by default).
-    """
-
-    def __init__(self, backend: OpenAIBackend, prompt: str, params: SamplingParams):
-        self._backend, self._prompt, self._params = backend, prompt, params
-        self._pieces: list[str] = []
-        self._finish: str | None = None
-        self._usage: Any = None
-        self._opened = False
-        self._start = 0.0
-        self._chunks = self._run()
-        self.generation: Generation | None = None
-        self.usage: Usage | None = None
-
-    def __iter__(self) -> OpenAIStream:
-        return self
-
-    def __next__(self) -> str:
-        return next(self._chunks)
-
-    def close(self) -> None:
-        """Stop reading (the server then aborts the request) and bill what arrived."""
-        if self.usage is None:
-            self._chunks.close()
-            if self._opened and self.usage is None:
-                self._settle(self._finish or "stop", exact=False)
-
-    def __enter__(self) -> OpenAIStream:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def _run(self) -> Iterator[str]:
-        b = self._backend
-        self._start = b._clock()
-        stream, it, head = call_with_retries(
-            lambda: b._open_stream(self._prompt, self._params), b._policy
-        )
-        self._opened = True
-        try:
-            for chunk in chain(head, it):
-                self._finish = _chunk_finish(chunk) or self._finish
-                self._usage = getattr(chunk, "usage", None) or self._usage
-                text = _chunk_text(chunk, b.mode)
-                if text:
-                    self._pieces.append(text)
-                    yield text
-        except (openai.OpenAIError, ValueError) as exc:  # ValueError: a garbled event
-            if self._finish is not None:
-                # Lost only the usage chunk after a finished completion: the text is
-                # whole, so settle with the fallback bill rather than fail the call.
-                self._settle(self._finish, exact=False)
-                return
-            self._bill(exact=False)
-            raise BackendError(
-                f"{b.base_url}: stream was cut after {len(self._pieces)} chunks: {describe(exc)}"
-            ) from exc
-        finally:
-            stream.close()
-        if self._finish is None:
-            self._bill(exact=False)
-            raise BackendError(
-                f"{b.base_url}: stream was cut after {len(self._pieces)} chunks "
-                "(it ended without a finish reason)"
-            )
-        self._settle(self._finish, exact=True)
-
-    def _bill(self, exact: bool) -> Generation:
-        b = self._backend
-        usage = _usage_pair(self._usage, b.base_url)
-        if usage is None and not exact and b._tokenizer is None:
-            usage = (b.count_tokens(self._prompt), len(self._pieces))  # one token per chunk
-        gen = b._build(
-            [("".join(self._pieces), self._finish, None)], usage, self._params,
-            b._clock() - self._start, lambda: b.count_tokens(self._prompt),
-        )
-        self.usage = b.last_usage = gen.usage
-        return gen
-
-    def _settle(self, finish: str, exact: bool) -> None:
-        self._finish = finish
-        self.generation = self._backend.last_generation = self._bill(exact)
-
-
-def _finish(reason: str | None) -> str:
-    """Map a server's finish reason onto ttc's two: only ``length`` means cut short."""
-    return "length" if reason == "length" else "stop"
-
-
-def _usage_pair(usage: Any, endpoint: str) -> tuple[int, int] | None:
-    """The (prompt, completion) tokens a server reported, once checked.
-
-    The openai client does not validate response fields, so a count arrives exactly as
-    the server wrote it: a float, a string, a bool, -3, 10**20 or an ``Infinity`` that
-    Python's JSON parser accepts. None of those is charged.
-
-    Returns:
-        None when the server reported no usage, or lacks either count (the caller then
-        counts with the tokenizer, or fails).
-
-    Raises:
-        InvalidUsageError: A count that is present is not an int in [0, 2**31).
-    """
-    if usage is None:
-        return None
-    if not hasattr(usage, "completion_tokens"):  # "usage": 5 parses as the bare value
-        raise InvalidUsageError(endpoint, "usage", usage)
-    counts = {}
-    for field in ("prompt_tokens", "completion_tokens", "total_tokens"):
-        value = getattr(usage, field, None)
-        if value is None:
-            continue
-        # bool is an int subclass, and a float, even 3.0, means the server is not counting.
-        if type(value) is not int or not 0 <= value < _MAX_REPORTED_TOKENS:
-            raise InvalidUsageError(endpoint, field, value)
-        counts[field] = value
-    if "prompt_tokens" not in counts or "completion_tokens" not in counts:
-        return None
-    return counts["prompt_tokens"], counts["completion_tokens"]
-
-
-def _chunk_text(chunk: Any, mode: str) -> str:
-    if not chunk.choices:
-        return ""
-    choice = chunk.choices[0]
-    if mode == "chat":
-        return (choice.delta.content if choice.delta is not None else None) or ""
-    return choice.text or ""
-
-
-def _chunk_finish(chunk: Any) -> str | None:
-    return chunk.choices[0].finish_reason if chunk.choices else None
-
-
-def _utf8_len(text: str) -> int:
-    return len(text.encode("utf-8"))
-
-
-def _apportion(total: int, weights: list[int]) -> list[int]:
-    """Split ``total`` into integers proportional to ``weights`` that sum to it exactly.
-
-    Largest-remainder rounding; equal shares when every weight is zero.
-    """
-    if not weights:
-        return []
-    if sum(weights) <= 0:
-        weights = [1] * len(weights)
-    whole = sum(weights)
-    shares = [total * w // whole for w in weights]
-    by_remainder = sorted(range(len(weights)), key=lambda i: -(total * weights[i] % whole))
-    for i in by_remainder[: total - sum(shares)]:
-        shares[i] += 1
-    return shares
 
 
 def _load_tokenizer(tokenizer: Any, trust_remote_code: bool, source: str) -> Any:
