@@ -20,6 +20,16 @@ import torch
 
 from .types import Completion, Generation, SamplingParams, Usage
 
+# A new sample starts only if the pool left, after what the samples in flight still need
+# plus _SLACK x the spread of lengths x sqrt(samples in flight), holds a sample of this
+# quantile of the lengths finished so far. Chosen on 100 held-out CountDown problems at a
+# 1,024-token pool (countdown-direct, best_of_n without early stop): uncut samples per
+# problem 22.9 with the mean and no slack, 23.0 with the 0.75 quantile, 23.5 with slack 2
+# (24.7 drawn, accuracy unchanged at 60%).
+_START_QUANTILE = 0.75
+_SLACK = 2.0
+
+
 def _pool_binds(backend: Any, prompt_len: int, params: SamplingParams) -> bool:
     """Whether a pooled cap can cut anything: a slack one leaves the plain decode as it is."""
     ctx = backend.info.max_context
@@ -127,13 +137,24 @@ class _PooledDecoding:
             return False
         if not self.done_lens:
             return True
-        mean = sum(self.done_lens) / len(self.done_lens)
-        # A sample in flight is expected to reach the mean length, and to need one more
-        # token at least while it runs.
-        need = sum(
-            max(min(mean, self.max_new[0]) - len(self.tokens[s]), 1) for s in self.active if self.finish[s] is None
-        )
-        return self.pool_left - need >= mean
+        lens = sorted(self.done_lens)
+        # Room for a sample of the length most finished samples stayed within: starting one
+        # that is likely to be cut spends tokens on nothing.
+        room = lens[min(len(lens) - 1, int(_START_QUANTILE * len(lens)))]
+        flying = [len(self.tokens[s]) for s in self.active if self.finish[s] is None]
+        need = sum(self._still_needs(g) for g in flying)
+        # What the samples in flight need is uncertain; the more of them, the more slack
+        # they need together (their spread adds up as sqrt(k)).
+        mean = sum(lens) / len(lens)
+        spread = (sum((n - mean) ** 2 for n in lens) / len(lens)) ** 0.5
+        return self.pool_left - need - _SLACK * spread * len(flying) ** 0.5 >= room
+
+    def _still_needs(self, generated: int) -> float:
+        """Expected tokens a sample in flight still needs: E[L - g | L > g] over the lengths
+        of the samples finished so far (a sample already past most of them is expected to
+        run on, not to stop at the mean), at least one token."""
+        longer = [n - generated for n in self.done_lens if n > generated]
+        return max(sum(longer) / len(longer), 1.0) if longer else 1.0
 
     def step(self) -> bool:
         """Samples one token per row, refills or drops ended rows, runs the model once."""
