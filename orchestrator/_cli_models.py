@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from ttc.backends.errors import BadInputError
 
-from ._cli_common import JsonOption, emit_json, stderr, stdout
+from ._cli_common import JsonOption, check_seed, check_temperature, emit_json, esc, make_table, stderr, stdout
 
 __all__ = ["models_app", "read_problems_file"]
 
@@ -28,9 +27,9 @@ def models_list(json_out: JsonOption = False) -> None:
     if json_out:
         emit_json({"models": rows})
         return
-    table = Table("name", "task", "kind", "params", "path")
+    table = make_table("name", "task", "kind", "params", "path")
     for r in rows:
-        table.add_row(r["name"], r["task"], r["kind"], f"{r['params']:,}", r["path"])
+        table.add_row(esc(r["name"]), esc(r["task"]), esc(r["kind"]), f"{r['params']:,}", esc(r["path"]))
     stdout.print(table if rows else "no built-in models are installed")
 
 
@@ -49,6 +48,10 @@ def models_train(
 
     from ttc.tasks.training import RECIPES, train, with_budget
 
+    if seed is not None:
+        check_seed(seed)
+    if minutes is not None and not minutes < float("inf"):  # NaN and inf pass min=
+        raise BadInputError(f"--minutes must be a finite number, got {minutes}")
     if name not in RECIPES:
         raise BadInputError(f"unknown recipe {name!r}; valid recipes: {', '.join(sorted(RECIPES))}")
     # A staged recipe (e.g. countdown-direct: solver answers, then rejection sampling)
@@ -72,9 +75,11 @@ def read_problems_file(path: Path, task) -> list[dict]:
         BadInputError: Unreadable file, or a line that is not a valid problem (names the line).
     """
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise BadInputError(f"cannot read problems file {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise BadInputError(f"problems file {path} is not UTF-8 text (byte {exc.start})") from None
     problems = []
     for no, line in enumerate(lines, 1):
         if not line.strip():
@@ -101,10 +106,13 @@ def models_eval(
     json_out: JsonOption = False,
 ) -> None:
     """Reproduce a model card's numbers on its held-out split, or measure on a problem file."""
+    check_temperature(temperature)
+    check_seed(seed)
+
     import torch
 
-    from ttc.tasks.evaluate import evaluate_checkpoint
     from ttc.tasks.registry import get_task
+    from ttc.tasks.training import evaluate_checkpoint
 
     from .models import resolve_checkpoint
 
@@ -114,14 +122,17 @@ def models_eval(
     task = get_task(task_name)
     loaded = read_problems_file(problems, task) if problems is not None else None
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    stderr.print(f"evaluating {name} on {len(loaded[:limit]) if loaded else limit} {task_name} problems ...")
-    result = evaluate_checkpoint(path, problems=loaded, limit=limit, temperature=temperature, seed=seed, quick=quick)
+    # A transient spinner: minutes of work show on a terminal and leave no line in a log.
+    with stderr.status(f"evaluating {esc(name)} on {len(loaded[:limit]) if loaded else limit} "
+                       f"{esc(task_name)} problems ..."):
+        result = evaluate_checkpoint(path, problems=loaded, limit=limit, temperature=temperature, seed=seed,
+                                     quick=quick)
     result = {"model": name, "task": task_name, **result}
     if json_out:
         emit_json(result)
         return
-    table = Table("measure", "value", title=f"{name} on {result.get('n_problems')} problems")
+    table = make_table("measure", "value", title=f"{name} on {result.get('n_problems')} problems")
     for key, value in result.items():
         if key not in ("model", "task"):
-            table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
+            table.add_row(esc(key), esc(json.dumps(value) if isinstance(value, (dict, list)) else value))
     stdout.print(table)

@@ -1,7 +1,8 @@
 """Task families: problem generators, prompt formats, verifiers; built-in tiny models.
 
-Training (``tasks.training``) and evaluation (``tasks.evaluate``) import torch and are
-left out of this package's import on purpose.
+Training, measurement and model cards of the built-in models (``ttc.tasks.training``)
+import the task families and torch: they sit above the families and are left out of this
+package's import on purpose.
 """
 
 from pathlib import Path

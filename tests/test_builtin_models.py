@@ -58,6 +58,7 @@ def test_direct_model_best_of_n_solves_held_out_problems(task_name):
     """Best-of-16 with the exact verifier on easy held-out problems: a trained model solves some."""
     from ttc.backends import TransformersBackend
     from ttc.core import Budget, Ledger, NullTracer
+    from ttc.core.contracts import SolveContext
     from ttc.strategies import get_strategy
 
     task = get_task(task_name)
@@ -67,7 +68,7 @@ def test_direct_model_best_of_n_solves_held_out_problems(task_name):
     solved = 0
     for p in problems:
         ledger = Ledger(Budget(tokens=4000))
-        r = get_strategy("best_of_n")(task, p, backend, task.verifier, ledger, NullTracer(), n=16)
+        r = get_strategy("best_of_n")(SolveContext.of(task, p, backend, ledger=ledger), n=16)
         assert ledger.spent.tokens <= 4000 and r.tokens == ledger.spent.tokens
         solved += bool(r.correct)
     assert solved >= 1
@@ -79,6 +80,7 @@ def test_search_model_writes_traces_that_end_in_an_answer(task_name):
     ``A:`` answer unless cut short; the Sudoku one solves held-out puzzles (see its card)."""
     from ttc.backends import TransformersBackend
     from ttc.core import Budget, Ledger, NullTracer
+    from ttc.core.contracts import SolveContext
     from ttc.strategies import get_strategy
 
     task = get_task(task_name)
@@ -87,7 +89,7 @@ def test_search_model_writes_traces_that_end_in_an_answer(task_name):
     backend = TransformersBackend(find_builtin(f"{task_name}-search").path, device="cpu")
     solved = 0
     for p in problems:
-        r = get_strategy("sequential")(task, p, backend, task.verifier, Ledger(Budget(tokens=1100)), NullTracer())
+        r = get_strategy("sequential")(SolveContext.of(task, p, backend, ledger=Ledger(Budget(tokens=1100))))
         assert r.tokens <= 1100 and len(r.candidates) == 1
         c = r.candidates[0]
         assert "A:" in c.text or c.finish_reason == "length"

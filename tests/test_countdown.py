@@ -214,7 +214,7 @@ GARBAGE = [
 def test_verifier_never_raises_on_garbage(text):
     v = V.verify(P, text)
     assert isinstance(v, Verdict) and v.correct is False
-    assert V.canonical(text) is None or isinstance(V.canonical(text), str)
+    assert V.canonical(P, text) is None or isinstance(V.canonical(P, text), str)
 
 
 def test_verifier_fuzz():
@@ -228,8 +228,8 @@ def test_verifier_fuzz():
 
 
 def test_canonical_groups_equivalent_answers():
-    a = V.canonical("81-48=33,33-27=6,6*5=30")
-    assert a == V.canonical("81-48=33,33-27=6,5*6=30") == V.canonical("5*(81-48-27)")
+    a = V.canonical(P, "81-48=33,33-27=6,6*5=30")
+    assert a == V.canonical(P, "81-48=33,33-27=6,5*6=30") == V.canonical(P, "5*(81-48-27)")
 
 
 # ---------------------------------------------------------------- tokenizer and training
@@ -294,7 +294,7 @@ def test_rejection_sampling_keeps_only_verified_self_consistent_answers():
     from ttc.backends.scripted import ScriptedBackend
     from ttc.tasks.countdown.formats import direct_completion
     from ttc.tasks.countdown.solver import solve
-    from ttc.tasks.rejection_sampling import sample_verified
+    from ttc.tasks.training.rejection import sample_verified
 
     def handler(prompt, i, params):
         nums, target = prompt.rstrip(":").split(">")
@@ -319,7 +319,7 @@ def test_rejection_sampling_keeps_only_verified_self_consistent_answers():
 def test_rft_stream_draws_from_the_pool_and_curriculum_switches_mix(monkeypatch, tmp_path):
     import torch
 
-    from ttc.tasks import training
+    from ttc.tasks.training import loop as training
     from ttc.tasks.training import TrainConfig, example_stream
 
     pool = [("1 2>3:", "1+2=3.")]
@@ -357,7 +357,7 @@ def test_follow_on_stage_starts_from_the_first_and_adds_up_its_cost(tmp_path):
     assert state["steps"] == 5 and state["continued_from"]["steps"] == 2
     assert state["config"]["init_from"] == str((tmp_path / "c").resolve()) + "-stage1"
     assert (tmp_path / "c" / "model.safetensors").is_file()
-    from ttc.tasks.evaluate import write_card
+    from ttc.tasks.training import write_card
 
     card = write_card(tmp_path / "c", TrainConfig(**state["config"]), state, {"pass_at_1": 0.0})
     assert card["train_steps"] == 5 and card["earlier_stage"]["steps"] == 2

@@ -276,7 +276,7 @@ def test_verifier_bad_problem_is_undecided_and_checks_givens_only():
 def test_registry_and_task_object():
     assert "sudoku" in task_names() and get_task("sudoku") is SUDOKU
     assert SUDOKU.default_model == "sudoku-direct" and SUDOKU.stop == (".",)
-    assert SUDOKU.max_tokens("direct") >= 42 and SUDOKU.max_tokens("search") >= 512
+    assert SUDOKU.max_tokens(None, "direct") >= 42 and SUDOKU.max_tokens(None, "search") >= 512
     probs = SUDOKU.make_problems(3, seed=0)
     assert all(SUDOKU.verify(p, format_grid(reference_solution(p), p["size"])).correct for p in probs)
     with pytest.raises(BadInputError):
@@ -311,8 +311,8 @@ def test_short_sudoku_training_run_saves_reloads_and_evaluates(tmp_path):
     import torch
 
     from ttc.backends.transformers_backend import TransformersBackend
-    from ttc.tasks.evaluate import checkpoint_task
-    from ttc.tasks.sudoku.evaluate import evaluate_direct, evaluate_search
+    from ttc.tasks.training import checkpoint_task
+    from ttc.tasks.training.sudoku_eval import evaluate_direct, evaluate_search
     from ttc.tasks.training import RECIPES, TrainConfig, example_stream, train
 
     torch.set_num_threads(1)

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import tempfile
 import time
@@ -23,6 +22,7 @@ from typing import Any
 
 from ttc.backends.types import SamplingParams
 from ttc.core.budget import Budget
+from ttc.core.metrics import mean_pass_at_k
 
 from .common import bench_header, write_result
 
@@ -46,8 +46,7 @@ def _bon_curve(task, backend, problems, n_max: int) -> list[dict]:
     per = statistics.fmean(c.completion_tokens for g in gens for c in g.completions)
     out = []
     for n in range(1, n_max + 1):
-        acc = statistics.fmean(1.0 if n_max - c < n else 1 - math.comb(n_max - c, n) / math.comb(n_max, n)
-                               for c in correct)
+        acc = mean_pass_at_k(correct, n_max, n)
         out.append({"n": n, "tokens": prompt + n * per, "accuracy": acc})
     return out
 

@@ -6,7 +6,7 @@ Accuracy against compute for three ways of spending it, on held-out problems:
     The direct model at T = 0.7, n = 1, 2, 4 ... samples, the exact verifier picking.
     With an exact verifier best-of-n solves a problem iff one of its n samples is right,
     so every n is read off one draw of ``n_max`` samples per problem with the unbiased
-    estimator 1 - C(N-c, n)/C(N, n) (lower variance than separate draws per n).
+    pass@n estimator 1 - C(N-c, n)/C(N, n) (lower variance than separate draws per n).
     Compute at n: n generations of the direct model (paper formula, mean length).
 ``sequential``
     The search-trace model, one greedy generation per problem; a problem counts as
@@ -23,7 +23,6 @@ axis; n grows until the parallel curve reaches the longest trace's compute.
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from pathlib import Path
@@ -31,10 +30,11 @@ from typing import Any
 
 from ttc.backends.types import SamplingParams
 from ttc.core.budget import Budget, Ledger
+from ttc.core.contracts import SolveContext
 from ttc.core.cost import paper_generation_flops
-from ttc.core.tracing import NullTracer
+from ttc.core.metrics import mean_pass_at_k, pass_at_k_per_problem, rate_ci95, solved_within
 
-from .common import bench_header, wilson_ci95, write_result
+from .common import bench_header, write_result
 
 __all__ = ["PAPER", "run_backtrack_vs_parallel"]
 
@@ -46,21 +46,6 @@ PAPER = {
     "countdown": {"model_size": "17M", "backtracking": [7.5, 11.5, 25.5, 35, 41.5], "direct": [17, 25, 37, 50, 61]},
     "sudoku": {"model_size": "38M", "backtracking": [9, 40.5, 66, 74.5, 77], "direct": [6.5, 16, 30, 39.5, 58]},
 }
-
-
-def _pass_at(n_total: int, correct: int, n: int) -> float:
-    if n_total - correct < n:
-        return 1.0
-    return 1.0 - math.comb(n_total - correct, n) / math.comb(n_total, n)
-
-
-def _mean_ci(values: list[float]) -> list[float]:
-    """95% interval of a mean of per-problem values in [0, 1]; Wilson when they are 0/1."""
-    if all(v in (0.0, 1.0) for v in values):
-        return wilson_ci95(int(sum(values)), len(values))
-    m = statistics.fmean(values)
-    half = 1.96 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 1.0
-    return [max(0.0, m - half), min(1.0, m + half)]
 
 
 def _budgets_l(ctx: int) -> list[int]:
@@ -91,10 +76,10 @@ def sequential_curve(task, backend, problems, progress=None) -> tuple[list[dict]
     prompt_mean = statistics.fmean(plens)
     points = []
     for L in _budgets_l(ctx - max(plens)):
-        ok = [1.0 if s is not None and s <= L else 0.0 for s in solved_at]
+        ok = solved_within(solved_at, L)
         points.append({"L": L, "budget_tokens": prompt_mean + L,
                        "budget_flops": paper_generation_flops(info, round(prompt_mean) + L),
-                       "accuracy": statistics.fmean(ok), "ci95": _mean_ci(ok)})
+                       "accuracy": statistics.fmean(ok), "ci95": rate_ci95(ok)})
     lengths = [g.completions[0].completion_tokens for g in gens]
     return points, {"mean_trace_tokens": statistics.fmean(lengths), "max_context": ctx}
 
@@ -102,7 +87,7 @@ def sequential_curve(task, backend, problems, progress=None) -> tuple[list[dict]
 def parallel_curve(task, backend, problems, n_max: int, target_flops: float | None, progress=None):
     info = backend.info
     prompts = [task.prompt(p) for p in problems]
-    params = SamplingParams(n=n_max, temperature=0.7, seed=SEED, max_tokens=task.max_tokens("direct"),
+    params = SamplingParams(n=n_max, temperature=0.7, seed=SEED, max_tokens=task.max_tokens(None, "direct"),
                             stop=tuple(task.stop))
     gens = backend.generate(prompts, params)
     correct, gen_flops, gen_tokens, plens = [], [], [], []
@@ -116,28 +101,28 @@ def parallel_curve(task, backend, problems, n_max: int, target_flops: float | No
         progress.print(f"best_of_n: {sum(c > 0 for c in correct)}/{len(problems)} solved within {n_max} samples")
     points, n = [], 1
     while n <= n_max:
-        vals = [_pass_at(n_max, c, n) for c in correct]
         points.append({"n": n, "budget_tokens": prompt_mean + n * per_gen_tokens, "budget_flops": n * per_gen_flops,
-                       "accuracy": statistics.fmean(vals), "ci95": _mean_ci(vals)})
+                       "accuracy": mean_pass_at_k(correct, n_max, n),
+                       "ci95": rate_ci95(pass_at_k_per_problem(correct, n_max, n))})
         n *= 2
     reaches = target_flops is None or points[-1]["budget_flops"] >= target_flops
     return points, {"mean_direct_tokens": per_gen_tokens, "n_max": n_max, "reaches_search_compute": reaches}
 
 
 def tree_search_curve(task, backend, problems, budgets: list[int], progress=None) -> list[dict]:
-    from ttc.strategies.registry import STRATEGIES
+    from ttc.strategies.registry import get_strategy
 
-    run = STRATEGIES["tree_search"]
+    run = get_strategy("tree_search")
     points = []
     for b in budgets:
         ok, flops, toks = [], [], []
         for p in problems:
-            r = run(task, p, backend, task.verifier, Ledger(Budget(tokens=b)), NullTracer(), seed=SEED)
+            r = run(SolveContext.of(task, p, backend, ledger=Ledger(Budget(tokens=b))), seed=SEED)
             ok.append(1.0 if r.correct else 0.0)
             flops.append(r.paper_flops or 0.0)
             toks.append(r.tokens)
         points.append({"budget_tokens_limit": b, "budget_tokens": statistics.fmean(toks),
-                       "budget_flops": statistics.fmean(flops), "accuracy": statistics.fmean(ok), "ci95": _mean_ci(ok)})
+                       "budget_flops": statistics.fmean(flops), "accuracy": statistics.fmean(ok), "ci95": rate_ci95(ok)})
         if progress:
             progress.print(f"tree_search @ {b} tokens: {statistics.fmean(ok):.1%}")
     return points

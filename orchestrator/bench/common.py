@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-import math
 import platform
 import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+# Re-exported for callers that still import it from here; its home is ttc.core.metrics.
+from ttc.core.metrics import wilson_ci95
 
 __all__ = ["bench_header", "git_commit", "wilson_ci95", "write_result"]
 
@@ -62,15 +64,3 @@ def write_result(name: str, result: dict, out_dir: Path) -> Path:
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(path)
     return path
-
-
-def wilson_ci95(successes: int, n: int) -> list[float]:
-    """Wilson score 95% interval for a proportion (sensible at 0% and 100%, unlike Wald)."""
-    if n == 0:
-        return [0.0, 1.0]
-    z = 1.959963984540054
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return [max(0.0, centre - half), min(1.0, centre + half)]

@@ -47,7 +47,7 @@ def run_overhead(*, quick: bool = False, model: str | None = None, out_dir: Path
         else:
             name, path = resolve_checkpoint(model or task.default_model)
         backend = TransformersBackend(path, name=name, device="cpu")
-        params = SamplingParams(n=N, max_tokens=task.max_tokens("direct"), temperature=0.7, seed=SEED,
+        params = SamplingParams(n=N, max_tokens=task.max_tokens(None, "direct"), temperature=0.7, seed=SEED,
                                 stop=tuple(task.stop))
         orc = Orchestrator(db=f"sqlite:///{Path(tmp) / 'overhead.db'}")
 

@@ -5,17 +5,19 @@ A direct completion is a list of steps separated by "," and ended by "."::
     "18 49 35 17>25:"  ->  "18+17=35,35*35=1225,1225/49=25."
 
 (each step may carry the numbers it leaves, ``81-48=33:27 5 33``, which is ignored here as
-by the verifier). :class:`CountdownSteps` tells a search controller where steps end and
-which partial answers are already hopeless, from the problem's constraints alone: every
-operand must be a number still available, every result a positive integer (exact
-division) equal to what the step writes, and once one number is left it must be the
-target. It never solves the problem and never looks at a reference answer.
+by the verifier, whose parser reads each step). :class:`CountdownSteps` tells a search
+controller where steps end and which partial answers are already hopeless, from the
+problem's constraints alone: every operand must be a number still available, every result
+a positive integer (exact division) equal to what the step writes, and once one number is
+left it must be the target. It never solves the problem and never looks at a reference
+answer.
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter
+
+from ttc.verifiers.countdown import parse_answer
 
 from .._steps import split_steps
 from .formats import END
@@ -24,15 +26,29 @@ __all__ = ["CountdownSteps", "DELIMITER"]
 
 DELIMITER = ","
 
-# The verifier's step syntax (verifiers/countdown.py): "a op b = r", optionally in
-# parentheses, optionally followed by the numbers it leaves (":27 5 33").
-_STEP = re.compile(r"\s*\(?\s*([0-9]{1,10})\s*([-+*/])\s*([0-9]{1,10})\s*\)?\s*=\s*([0-9]{1,16})(?:\s*:[0-9 ]*)?\s*")
-_TRANS = str.maketrans({"×": "*", "x": "*", "X": "*", "÷": "/", "−": "-", "–": "-"})
 _MAX_VALUE = 10**15  # the verifier's cap on intermediate values
 
 
+def _read_step(step: str) -> tuple[int, str, int, int] | None:
+    """``(a, op, b, claimed)`` of one step as the verifier reads it, or None when the
+    verifier would not read this text as exactly one step.
+
+    The verifier reads only the last line of an answer and only what follows an ``A:``,
+    and cannot read an answer with a "." inside it: a step holding any of them is no step.
+    """
+    if "\n" in step or "A:" in step or "." in step:
+        return None
+    parsed = parse_answer(step)
+    if parsed is None or not parsed.steps or len(parsed.steps) != 1:
+        return None
+    return parsed.steps[0]
+
+
 def _apply(a: int, op: str, b: int) -> int | None:
-    """The value of one legal CountDown operation, or None when the rules forbid it."""
+    """The value of one legal CountDown operation, or None when the rules forbid it.
+
+    The verifier's rules (its private ``_apply``), kept here until it exposes them.
+    """
     if op == "+":
         r = a + b
     elif op == "-":
@@ -73,12 +89,10 @@ class CountdownSteps:
         """Numbers left after the written steps, or None when a step breaks a rule."""
         pool = Counter(int(n) for n in problem["numbers"])
         for step in self.parse(partial_text):
-            if "\n" in step:
-                return None  # not a step: the verifier would read only the last line
-            m = _STEP.fullmatch(step.translate(_TRANS))
-            if m is None:
+            read = _read_step(step)
+            if read is None:
                 return None
-            a, op, b, claimed = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+            a, op, b, claimed = read
             for x in (a, b):
                 if pool[x] <= 0:
                     return None  # not available (never given, or already used)

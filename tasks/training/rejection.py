@@ -7,7 +7,7 @@ them moves sampling mass toward them; the solver's reference answers (mixed in b
 training loop) keep the model from narrowing to the problems it already solves.
 
 Only "train" split problems are sampled, and every kept answer was written by the model and
-checked by ``verifiers.countdown`` (no solver output enters this pool).
+checked by ``ttc.verifiers.countdown`` (no solver output enters this pool).
 """
 
 from __future__ import annotations
@@ -16,6 +16,12 @@ import random
 import time
 
 from ttc.backends.types import SamplingParams
+from ttc.verifiers.countdown import parse_answer
+
+from ..countdown import COUNTDOWN
+from ..countdown.formats import END, direct_completion
+from ..countdown.generate import make_problems
+from .measure import load_backend
 
 __all__ = ["sample_verified"]
 
@@ -47,13 +53,6 @@ def sample_verified(
         ``(pairs, stats)``: (prompt, completion) pairs ready for training (completions end
         with the stop string) and counts for the model card.
     """
-    from ttc.verifiers.countdown import parse_answer
-
-    from .countdown import COUNTDOWN
-    from .countdown.formats import END, direct_completion
-    from .countdown.generate import make_problems
-    from .evaluate import _backend
-
     rng = random.Random(seed)
     sizes, weights = zip(*n_numbers.items())
     problems: list[dict] = []
@@ -63,7 +62,7 @@ def sample_verified(
         problems += make_problems(64, seed=seed * 7_919 + 1_000_003 + batch, split="train", n_numbers=size)
         batch += 1
     problems = problems[:n_problems]
-    be = _backend(model)
+    be = load_backend(model)
     start = time.time()
     pairs: list[tuple[str, str]] = []
     solved = sampled = 0
