@@ -140,8 +140,8 @@ def solve(
 
 @with_remote_options
 def evaluate(
-    task: Annotated[str, typer.Option("--task", help="Task family, e.g. countdown.")],
-    problems: Annotated[Path, typer.Option("--problems", help="JSONL file, one problem per line.")],
+    task: Annotated[str | None, typer.Option("--task", help="Task family, e.g. countdown.")] = None,
+    problems: Annotated[Path | None, typer.Option("--problems", help="JSONL file, one problem per line.")] = None,
     strategy: StrategyOpt = "sample",
     model: ModelOpt = None,
     role: RoleOpt = None,
@@ -152,6 +152,7 @@ def evaluate(
     param: ParamOpt = None,
     budget_tokens: BudgetOpt = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use the first N problems only.")] = None,
+    resume: Annotated[str | None, typer.Option("--resume", metavar="RUN_ID", help="Finish an interrupted eval run; its problems and settings come from the store.")] = None,
     base_url: BaseUrlOpt = None,
     device: DeviceOpt = "auto",
     remote: RemoteOptions = NO_REMOTE,
@@ -161,26 +162,49 @@ def evaluate(
     """Run a strategy over a problem file: accuracy with its 95% interval, and what it cost."""
     from ttc.tasks.registry import get_task
 
-    params, budget, models = _common(task, strategy, temperature, seed, n, max_tokens, param, budget_tokens, role)
-    loaded = read_problems_file(problems, get_task(task))[:limit]
+    from .durability import RunInterrupted
+
+    if resume is not None:
+        given = {"--task": task, "--problems": problems, "--strategy": None if strategy == "sample" else strategy,
+                 "--model": model, "--role": role, "--temperature": temperature, "--seed": seed, "--n": n,
+                 "--max-tokens": max_tokens, "--param": param, "--budget-tokens": budget_tokens, "--limit": limit}
+        extra = [flag for flag, v in given.items() if v]
+        if extra:
+            raise BadInputError(f"--resume takes the problems and settings from the store; drop {', '.join(extra)}")
+    elif task is None or problems is None:
+        raise BadInputError("give --task and --problems (or --resume RUN_ID)")
+    else:
+        params, budget, models = _common(task, strategy, temperature, seed, n, max_tokens, param, budget_tokens, role)
+        loaded = read_problems_file(problems, get_task(task))[:limit]
     # transient: a finished (or failed) bar leaves no line behind on a log or a terminal.
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("correct {task.fields[ok]}"), TimeElapsedColumn(), console=stderr, transient=True)
     with open_orchestrator(db, device, remote) as orc, bar:
-        tid = bar.add_task(esc(f"{task}/{strategy}"), total=len(loaded), ok=0)
+        tid = bar.add_task(esc(f"resume {resume}" if resume else f"{task}/{strategy}"), total=None, ok=0)
         solved = [0]
+
+        def start(total, done):
+            solved[0] = sum(r.correct is True for r in done)
+            bar.update(tid, total=total, completed=len(done), ok=solved[0])
 
         def tick(i, result):
             solved[0] += result.correct is True
             bar.update(tid, advance=1, ok=solved[0])
 
-        report = orc.evaluate(task, loaded, strategy=strategy, model=model, budget=budget, base_url=base_url,
-                              on_problem=tick, **models, **params)
+        try:
+            if resume is not None:
+                report = orc.resume(resume, base_url=base_url, on_problem=tick, on_start=start)
+            else:
+                report = orc.evaluate(task, loaded, strategy=strategy, model=model, budget=budget, base_url=base_url,
+                                      on_problem=tick, on_start=start, **models, **params)
+        except RunInterrupted as exc:
+            # typer turns any KeyboardInterrupt into exit 130; RunStopped carries 130 or 143.
+            raise exc.as_error() from None
     if json_out:
         emit_json(report)
         return
     lo, hi = report.ci95
-    stdout.print(f"{esc(report.strategy)} on {report.n_problems} {esc(task)} problems with {esc(report.model)}: "
+    stdout.print(f"{esc(report.strategy)} on {report.n_problems} {esc(report.task)} problems with {esc(report.model)}: "
                  f"accuracy {report.accuracy:.1%} (95% CI {lo:.1%}-{hi:.1%}), "
                  f"{report.mean_tokens:.0f} tokens per problem")
     stdout.print(f"trace: {esc(report.trace_id)}")

@@ -5,11 +5,16 @@ Example:
     >>> orc = Orchestrator(db="sqlite:///ttc.db")
     >>> out = orc.generate("countdown-direct", "...", n=4, max_tokens=64)
     >>> orc.get_run(out.trace_id).spans
+
+Evaluations are durable: each problem's result is committed to the store before
+``on_problem`` sees it, SIGINT/SIGTERM mark the run ``interrupted`` (raising
+``durability.RunInterrupted``), and ``resume(run_id)`` finishes such a run from the store.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -19,7 +24,7 @@ from pydantic import BaseModel
 from ttc.backends.base import Backend
 from ttc.backends.errors import BadInputError
 from ttc.backends.types import Generation, SamplingParams, Usage
-from ttc.store import RunDetail, RunRecord, StatsRecord, TraceStore
+from ttc.store import RunDetail, RunRecord, StatsRecord, StoreError, TraceStore
 from ttc.store.engine import resolve_db_url
 from ttc.core.budget import Budget, Ledger
 from ttc.core.calls import call_model
@@ -28,10 +33,14 @@ from ttc.core.types import Result
 from ttc.strategies.registry import StrategySpec, get_strategy
 from ttc.tasks.registry import get_task
 
+from ._run_guard import RunInterrupted, deferred_signals, stop_on_signals
+from .durability import EvalPlan, EvalReport, digests, outcome, report_from_jobs, run_eval
 from .models import load_backend
 from .tracing import StoreTracer, one_line
 
 __all__ = ["Orchestrator", "GenerateResult", "EvalReport"]
+
+log = logging.getLogger("ttc")
 
 
 class GenerateResult(BaseModel):
@@ -72,16 +81,6 @@ def _jsonable_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if isinstance(v, (str, int, float, bool, type(None), list, dict))}
 
 
-def _cut(result: Result) -> int:
-    return sum(c.finish_reason == "budget" for c in result.candidates)
-
-
-def _outcome(result: Result) -> dict[str, Any]:
-    return {"answer": result.answer, "correct": result.correct, "tokens": result.tokens, "flops": result.flops,
-            "paper_flops": result.paper_flops, "eflops": result.eflops, "stop_reason": result.stop_reason,
-            "candidates": len(result.candidates), "samples": len(result.candidates), "cut": _cut(result)}
-
-
 class _StoreArtifacts:
     """The context's artifact lookup over the trace store: newest ``ok`` run of a kind
     whose attributes match."""
@@ -95,55 +94,6 @@ class _StoreArtifacts:
             if all(attrs.get(k) == v for k, v in match.items()):
                 return attrs
         return None
-
-
-class EvalReport(BaseModel):
-    """Accuracy of a strategy over problems, with what it cost.
-
-    Attributes:
-        accuracy: Share of problems whose chosen answer the verifier judged correct.
-        ci95: Wilson 95% interval of ``accuracy``.
-        usage: Token totals over all problems; ``tokens`` is their sum.
-        overdrawn: Problems on which a backend spent more than the budget allowed.
-        problems: One row per problem: id, answer, correct, tokens, stop reason.
-    """
-
-    task: str
-    strategy: str
-    model: str
-    n_problems: int
-    n_correct: int
-    accuracy: float
-    ci95: list[float]
-    usage: Usage
-    tokens: int
-    mean_tokens: float
-    flops: float | None
-    paper_flops: float | None
-    eflops: float | None
-    trace_id: str
-    overdrawn: int = 0
-    problems: list[dict[str, Any]]
-
-    @classmethod
-    def from_results(cls, task, strategy, model, problems, results, trace_id) -> "EvalReport":
-        from .bench.common import wilson_ci95
-
-        def total(field):
-            values = [getattr(r, field) for r in results]
-            return None if any(v is None for v in values) else float(sum(values))
-
-        usage = sum((r.usage for r in results), Usage())
-        n_correct = sum(r.correct is True for r in results)
-        rows = [{"id": p["id"], "answer": r.answer, "correct": r.correct, "tokens": r.tokens,
-                 "samples": len(r.candidates), "cut": _cut(r), "stop_reason": r.stop_reason,
-                 "overdrawn": r.overdrawn}
-                for p, r in zip(problems, results)]
-        return cls(task=task, strategy=strategy, model=model, n_problems=len(results), n_correct=n_correct,
-                   accuracy=n_correct / len(results), ci95=wilson_ci95(n_correct, len(results)), usage=usage,
-                   tokens=usage.total_tokens, mean_tokens=usage.total_tokens / len(results), flops=total("flops"),
-                   paper_flops=total("paper_flops"), eflops=total("eflops"), trace_id=trace_id,
-                   overdrawn=sum(r.overdrawn for r in results), problems=rows)
 
 
 class Orchestrator:
@@ -191,16 +141,40 @@ class Orchestrator:
 
     @contextmanager
     def run(self, kind: str, name: str, **attributes: Any) -> Iterator[StoreTracer]:
-        """Opens a run in the store and its root span; ends both, recording any error."""
+        """Opens a run in the store and its root span; ends both, recording any error.
+
+        While the run is in progress in the main thread, SIGINT and SIGTERM raise
+        :class:`~durability.RunInterrupted` and the run ends ``interrupted``.
+        """
         run_id = self.store.start_run(kind, name, attributes=attributes)
+        with self._traced(run_id, name, attributes) as tracer:
+            yield tracer
+
+    @contextmanager
+    def _traced(self, run_id: str, name: str, span_attributes: dict[str, Any],
+                resumable: bool = False) -> Iterator[StoreTracer]:
+        # The body of a run already started (or claimed for a resume): root span, signals, end status.
         tracer = StoreTracer(self.store, run_id)
-        try:
-            with tracer.span("run", name, **attributes):
-                yield tracer
-        except BaseException as exc:
-            self.store.end_run(run_id, status="error", error=one_line(exc), attributes_update=tracer.outcome)
-            raise
-        self.store.end_run(run_id, status="ok", attributes_update=tracer.outcome)
+        with stop_on_signals():
+            try:
+                with tracer.span("run", name, **span_attributes):
+                    yield tracer
+            except KeyboardInterrupt as exc:
+                stopped = f"stopped by {exc.signal_name}" if isinstance(exc, RunInterrupted) else "interrupted"
+                try:
+                    self.store.end_run(run_id, status="interrupted", error=stopped,
+                                       attributes_update=tracer.outcome)
+                except StoreError as store_exc:
+                    # The stop still wins: once this process is gone the run reads as interrupted anyway.
+                    log.warning("could not mark run %s interrupted: %s", run_id, store_exc)
+                if isinstance(exc, RunInterrupted) and exc.run_id is None:
+                    exc.run_id, exc.resumable = run_id, resumable
+                raise
+            except BaseException as exc:
+                self.store.end_run(run_id, status="error", error=one_line(exc), attributes_update=tracer.outcome)
+                raise
+            with deferred_signals():
+                self.store.end_run(run_id, status="ok", attributes_update=tracer.outcome)
 
     def models(self, task: str, model: str | Backend | None = None,
                models: dict[str, str | Backend] | None = None, *, base_url: str | None = None) -> ModelPool:
@@ -263,7 +237,7 @@ class Orchestrator:
                       models=pool.roles(), problem=problem, params=_jsonable_params(params),
                       budget=(budget or Budget()).model_dump(exclude_none=True)) as tracer:
             result = self._run_strategy(tracer, task_obj, spec, pool, problem, budget, params)
-            tracer.outcome.update(_outcome(result))
+            tracer.outcome.update(outcome(result))
         return result
 
     def evaluate(
@@ -277,17 +251,30 @@ class Orchestrator:
         budget: Budget | None = None,
         base_url: str | None = None,
         on_problem: Callable[[int, Result], None] | None = None,
+        on_start: Callable[[int, list[Result]], None] | None = None,
         **params: Any,
     ) -> "EvalReport":
-        """Runs a strategy over problems (each with its own ``budget``) as one traced run.
+        """Runs a strategy over problems (each with its own ``budget``) as one traced, resumable run.
+
+        Each problem's result is committed to the store (table ``jobs``) before
+        ``on_problem`` sees it. Problem ``k`` samples with a seed derived from the run
+        seed (``seed``, else the strategy's default) and its id, so a resumed run gives
+        the answers an uninterrupted one would.
 
         Args:
             task, strategy, model, models, budget, base_url, **params: As for :meth:`solve`.
             problems: Problem dicts (validated by the task).
-            on_problem: Called after each problem with its index and Result (progress bars).
+            on_problem: Called after each problem is committed, with its index and Result.
+            on_start: Called once before any problem, with the number of problems and the
+                results already stored (none here; see :meth:`resume`).
 
         Returns:
             Accuracy with its Wilson 95% interval, usage and compute totals, per-problem rows.
+
+        Raises:
+            BadInputError: As for :meth:`solve`, or no problems.
+            durability.RunInterrupted: SIGINT or SIGTERM stopped the run (marked
+                ``interrupted``; :meth:`resume` finishes it).
         """
         task_obj, spec = self._prepare(task, strategy, params)
         parsed = [_parse_problem(task_obj, p) for p in problems]
@@ -295,21 +282,62 @@ class Orchestrator:
             raise BadInputError("no problems to evaluate")
         pool = self.models(task, model, models, base_url=base_url)
         spec.check_models(pool)
-        results: list[Result] = []
-        with self.run("eval", f"{task}/{strategy}", task=task, strategy=strategy, model=pool.policy.name,
-                      models=pool.roles(), n_problems=len(parsed), params=_jsonable_params(params),
-                      budget=(budget or Budget()).model_dump(exclude_none=True)) as tracer:
-            for i, problem in enumerate(parsed):
-                with tracer.span("problem", str(problem["id"]), problem=problem) as span:
-                    result = self._run_strategy(tracer, task_obj, spec, pool, problem, budget, params)
-                    span.set(**_outcome(result))
-                results.append(result)
-                if on_problem is not None:
-                    on_problem(i, result)
-            report = EvalReport.from_results(task, strategy, pool.policy.name, parsed, results, tracer.trace_id)
-            tracer.outcome.update(accuracy=report.accuracy, ci95=report.ci95, n_problems=report.n_problems,
-                                  tokens=report.tokens, flops=report.flops)
-        return report
+        wanted = {**(models or {}), **({"policy": model} if model is not None else {})}
+        wanted.setdefault("policy", task_obj.default_model)
+        plan = EvalPlan.create(task, strategy, spec, parsed, params, _jsonable_params(params), budget, wanted, pool,
+                               base_url)
+        attributes = plan.run_attributes(pool)
+        run_id = self.store.start_run("eval", f"{task}/{strategy}",
+                                      attributes={**attributes, "eval": plan.model_dump(mode="json")})
+        # Objects among the parameters reach this run's strategy, though a resume cannot restore them.
+        objects = {k: v for k, v in params.items() if k not in plan.params}
+        return run_eval(self, run_id, plan, task_obj, spec, pool, attributes, {}, on_problem, on_start, objects)
+
+    def resume(
+        self,
+        run_id: str,
+        *,
+        models: dict[str, Backend] | None = None,
+        base_url: str | None = None,
+        on_problem: Callable[[int, Result], None] | None = None,
+        on_start: Callable[[int, list[Result]], None] | None = None,
+    ) -> "EvalReport":
+        """Finishes an interrupted (or failed) eval run from the store: same run id, same settings.
+
+        Only problems with no stored result run, with the seeds they would have had; the
+        report covers every problem and says how many came from the store (``resumed``).
+        The run is marked running again under this process. Resuming a finished
+        (``ok``) run runs nothing and returns its report.
+
+        Args:
+            run_id: The eval run (full id or a unique prefix).
+            models: Backends by role, for roles the run was given as objects rather than
+                names (their checkpoint digests must still match).
+            base_url: Where the served models are now, if not where the run found them.
+            on_problem, on_start: As for :meth:`evaluate`.
+
+        Raises:
+            BadInputError: No such run, not an eval, still running, its model checkpoints
+                changed, or it was started with parameters the store could not hold.
+            durability.RunInterrupted: Stopped again by a signal.
+        """
+        run = self.store.get_run_record(run_id)
+        plan = EvalPlan.of_run(run)
+        if run.status == "running":
+            raise BadInputError(f"run {run.id} is still running (pid {run.pid} on {run.host}); "
+                                "stop it first, or wait for it to finish")
+        task_obj, spec = self._prepare(plan.task, plan.strategy, plan.params)
+        stored = {j.key: j for j in self.store.list_jobs(run.id, status="ok")}
+        if run.status == "ok":
+            return report_from_jobs(run.id, plan, run.attributes.get("model", ""), stored, len(stored))
+        wanted = plan.models_to_load(run.id, models or {})
+        pool = self.models(plan.task, None, wanted, base_url=base_url or plan.base_url)
+        spec.check_models(pool)
+        plan.check_models(run.id, digests(pool))
+        if not self.store.claim_run(run.id, run.status):
+            raise BadInputError(f"run {run.id} changed while resuming it (another process resumed it?)")
+        attributes = {**plan.run_attributes(pool), "resumed": len(stored)}
+        return run_eval(self, run.id, plan, task_obj, spec, pool, attributes, stored, on_problem, on_start, {})
 
     @staticmethod
     def _prepare(task: str, strategy: str, params: dict[str, Any]) -> tuple[Any, StrategySpec]:

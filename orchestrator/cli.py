@@ -291,8 +291,13 @@ def _run(args: list[str], debug: bool, json_mode: bool) -> int:
     try:
         rv = app(args=args, prog_name="ttc", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
-        if code == 130:  # typer turns Ctrl-C into a returned 130
-            _fail(130, "KeyboardInterrupt", "interrupted", json_mode)
+        if code == 130:  # typer turns any KeyboardInterrupt (SIGTERM's RunInterrupted too) into 130
+            from .durability import consume_interruption
+
+            stop = consume_interruption()
+            code = stop.exit_code if stop else 130
+            _fail(code, type(stop).__name__ if stop else "KeyboardInterrupt", str(stop) if stop else "interrupted",
+                  json_mode)
         elif code:
             _fail(code, "Exit", f"exit status {code}", json_mode)
     except typer.Exit as exc:

@@ -18,9 +18,20 @@ from ttc.store.engine import (
     migrate,
     resolve_db_url,
 )
-from ttc.store.queries import RunNotFound, get_run, list_runs, stats
+from ttc.store.durable import RunTakenOver
+from ttc.store.liveness import ProcessIdentity
+from ttc.store.queries import (
+    RunNotFound,
+    get_run,
+    get_run_record,
+    list_jobs,
+    list_runs,
+    reap_runs,
+    stats,
+)
 from ttc.store.records import (
     CandidateRecord,
+    JobRecord,
     ModelStats,
     RunDetail,
     RunRecord,
@@ -36,20 +47,26 @@ __all__ = [
     "DEFAULT_DB_URL",
     "BadDatabaseURL",
     "CandidateRecord",
+    "JobRecord",
     "ModelStats",
     "RunDetail",
     "RunNotFound",
+    "ProcessIdentity",
     "RunRecord",
+    "RunTakenOver",
     "SpanRecord",
     "StatsRecord",
     "StoreError",
     "TraceStore",
     "get_run",
+    "get_run_record",
+    "list_jobs",
     "list_runs",
     "make_engine",
     "migrate",
     "new_span_id",
     "new_trace_id",
+    "reap_runs",
     "resolve_db_url",
     "stats",
     "utcnow",

@@ -6,21 +6,36 @@ an engine so that readers (``ttc traces ...``) need no writer thread.
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, func, select
+from datetime import datetime
+
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
-from ttc.store.engine import StoreError, translate_errors
+from ttc.store.engine import StoreError, translate_errors, write_transaction
+from ttc.store.liveness import ProcessIdentity, is_gone
 from ttc.store.records import (
     CandidateRecord,
+    JobRecord,
     ModelStats,
     RunDetail,
     RunRecord,
     SpanRecord,
     StatsRecord,
+    utcnow,
 )
-from ttc.store.schema import Candidate, Run, Span
+from ttc.store.schema import Candidate, Job, Run, Span
 
-__all__ = ["MIN_PREFIX", "RunNotFound", "get_run", "list_runs", "resolve_run_id", "stats"]
+__all__ = [
+    "MIN_PREFIX",
+    "RunNotFound",
+    "get_run",
+    "get_run_record",
+    "list_jobs",
+    "list_runs",
+    "reap_runs",
+    "resolve_run_id",
+    "stats",
+]
 
 #: Shortest id prefix accepted in place of a full run id (like git's short hashes).
 MIN_PREFIX = 6
@@ -32,17 +47,90 @@ class RunNotFound(StoreError):
     exit_code = 2
 
 
+def reap_runs(
+    engine: Engine, *, now: datetime | None = None, here: ProcessIdentity | None = None
+) -> list[str]:
+    """Mark ``interrupted`` every ``running`` run whose process is gone.
+
+    The rule is :func:`store.liveness.is_gone`. The change is persisted, so filters and
+    counts by status agree with what is shown; each update is conditional on the owner
+    and heartbeat the decision saw, so a run that was resumed or heartbeat in between
+    keeps running.
+
+    Args:
+        engine: Store engine.
+        now: The reader's clock (default: now).
+        here: The reading process (default: this one).
+
+    Returns:
+        Ids of the runs marked interrupted.
+    """
+    now = now or utcnow()
+    here = here or ProcessIdentity.current()
+    query = select(Run.id, Run.host, Run.pid, Run.pid_start, Run.heartbeat_at, Run.created_at).where(
+        Run.status == "running"
+    )
+    with translate_errors(engine), engine.connect() as conn:
+        running = conn.execute(query).all()
+    gone = [
+        row for row in running
+        if is_gone("running", row.host, row.pid, row.pid_start, row.heartbeat_at or row.created_at,
+                   now=now, here=here)
+    ]
+    reaped = []
+    if not gone:
+        return reaped
+    with write_transaction(engine) as conn:
+        for row in gone:
+            where = "pid" if row.pid is not None and here.same_machine(row.host, row.pid_start) else "heartbeat"
+            changed = conn.execute(
+                update(Run.__table__)
+                .where(
+                    Run.id == row.id,
+                    Run.status == "running",
+                    Run.pid.is_not_distinct_from(row.pid),
+                    Run.pid_start.is_not_distinct_from(row.pid_start),
+                    Run.heartbeat_at.is_not_distinct_from(row.heartbeat_at),
+                )
+                .values(
+                    status="interrupted",
+                    # The last sign of life is the best estimate of when it stopped.
+                    ended_at=row.heartbeat_at or row.created_at,
+                    error=_gone_message(row, where),
+                )
+            ).rowcount
+            if changed:
+                reaped.append(row.id)
+    return reaped
+
+
+def _gone_message(row, where: str) -> str:
+    owner = f"pid {row.pid} on {row.host}" if row.pid is not None else "its process"
+    if where == "pid":
+        return f"process gone ({owner})"
+    return f"no heartbeat from {owner} for over 60 s"
+
+
 def list_runs(
-    engine: Engine, limit: int = 20, kind: str | None = None, status: str | None = None
+    engine: Engine,
+    limit: int = 20,
+    kind: str | None = None,
+    status: str | None = None,
+    *,
+    now: datetime | None = None,
 ) -> list[RunRecord]:
     """Return the newest runs first.
+
+    Runs whose process is gone are marked interrupted first (see :func:`reap_runs`).
 
     Args:
         engine: Store engine.
         limit: Maximum number of runs.
         kind: Only runs of this kind (e.g. "solve").
-        status: Only runs with this status ("running", "ok", "error").
+        status: Only runs with this status ("running", "ok", "error", "interrupted").
+        now: The reader's clock, for the heartbeat rule (default: now).
     """
+    reap_runs(engine, now=now)
     query = select(Run).order_by(Run.created_at.desc(), Run.id.desc()).limit(limit)
     if kind is not None:
         query = query.where(Run.kind == kind)
@@ -74,16 +162,44 @@ def resolve_run_id(session: Session, run_id: str) -> str:
     return matches[0]
 
 
-def get_run(engine: Engine, run_id: str) -> RunDetail:
+def get_run_record(engine: Engine, run_id: str, *, now: datetime | None = None) -> RunRecord:
+    """Return one run without its spans (status after :func:`reap_runs`).
+
+    Raises:
+        RunNotFound: See :func:`resolve_run_id`.
+    """
+    reap_runs(engine, now=now)
+    with translate_errors(engine), Session(engine) as session:
+        return RunRecord.model_validate(session.get_one(Run, resolve_run_id(session, run_id)))
+
+
+def list_jobs(engine: Engine, run_id: str, status: str | None = None) -> list[JobRecord]:
+    """Return a run's jobs in input order (``idx``, then key).
+
+    Args:
+        engine: Store engine.
+        run_id: Full run id.
+        status: Only jobs with this status ("ok" or "error").
+    """
+    query = select(Job).where(Job.run_id == run_id).order_by(Job.idx, Job.key)
+    if status is not None:
+        query = query.where(Job.status == status)
+    with translate_errors(engine), Session(engine) as session:
+        return [JobRecord.model_validate(job) for job in session.scalars(query)]
+
+
+def get_run(engine: Engine, run_id: str, *, now: datetime | None = None) -> RunDetail:
     """Return a run with its spans (by start time) and candidates (by span, index).
 
     Args:
         engine: Store engine.
         run_id: Full run id, or a unique prefix of at least :data:`MIN_PREFIX` characters.
+        now: The reader's clock, for the heartbeat rule (default: now).
 
     Raises:
         RunNotFound: See :func:`resolve_run_id`.
     """
+    reap_runs(engine, now=now)
     with translate_errors(engine), Session(engine) as session:
         full_id = resolve_run_id(session, run_id)
         run = session.get_one(Run, full_id)
@@ -100,7 +216,7 @@ def get_run(engine: Engine, run_id: str) -> RunDetail:
         )
 
 
-def stats(engine: Engine, kind: str | None = None) -> StatsRecord:
+def stats(engine: Engine, kind: str | None = None, *, now: datetime | None = None) -> StatsRecord:
     """Aggregate runs and spans.
 
     Token totals and the per-model breakdown count llm spans only, so that a strategy
@@ -109,7 +225,9 @@ def stats(engine: Engine, kind: str | None = None) -> StatsRecord:
     Args:
         engine: Store engine.
         kind: Only runs of this kind (and their spans).
+        now: The reader's clock, for the heartbeat rule (default: now).
     """
+    reap_runs(engine, now=now)
     by_status = select(Run.status, func.count()).group_by(Run.status)
     by_model = (
         select(

@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 __all__ = [
     "CandidateRecord",
+    "JobRecord",
     "ModelStats",
     "RunDetail",
     "RunRecord",
@@ -24,8 +25,9 @@ __all__ = [
     "utcnow",
 ]
 
-RunStatus = Literal["running", "ok", "error"]
+RunStatus = Literal["running", "ok", "error", "interrupted"]
 SpanStatus = Literal["ok", "error"]
+JobStatus = Literal["ok", "error"]
 
 
 def new_trace_id() -> str:
@@ -65,13 +67,17 @@ class RunRecord(_Record):
         id: 32-hex trace id.
         kind: What started the run, e.g. "generate", "solve", "batch", "bench".
         name: Human-readable label (task or stage name, batch file, ...).
-        status: "running" until ended, then "ok" or "error".
-        error: One-line error message when status is "error".
+        status: "running" until ended, then "ok", "error" or "interrupted" (stopped by
+            a signal, or its process is gone: see ``store.liveness``).
+        error: One-line error message when status is "error" (or what interrupted it).
         created_at: When the run started (UTC).
         ended_at: When the run ended (UTC), None while running.
         input_tokens: Run total of prompt tokens, set when the run ends.
         output_tokens: Run total of generated tokens, set when the run ends.
         attributes: Free-form JSON for what is not a first-class field.
+        host, pid, pid_start: The process driving the run (its latest one, after a
+            resume); ``pid_start`` tells a reused pid apart.
+        heartbeat_at: When that process last said it was alive.
     """
 
     id: str = Field(default_factory=new_trace_id, max_length=32)
@@ -84,6 +90,10 @@ class RunRecord(_Record):
     input_tokens: int = 0
     output_tokens: int = 0
     attributes: dict[str, Any] = Field(default_factory=dict)
+    host: str | None = Field(default=None, max_length=255)
+    pid: int | None = None
+    pid_start: str | None = Field(default=None, max_length=64)
+    heartbeat_at: UTCDateTime | None = None
 
 
 class SpanRecord(_Record):
@@ -156,6 +166,33 @@ class CandidateRecord(_Record):
     reason: str = ""
     tokens: int = 0
     attributes: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobRecord(_Record):
+    """One finished unit of work of a run: an eval's problem, a batch line.
+
+    Attributes:
+        run_id: Id of the run.
+        key: The caller's id for the job (problem id, batch ``custom_id``), unique in the run.
+        idx: Position of the job in the run's input.
+        status: "ok" (``result`` holds its output) or "error" (``error`` says why).
+        request_hash: Hash of the canonical request (and model digests), if the caller
+            keys jobs by it; a resumer compares it to spot a changed request.
+        result: JSON output of the job.
+        error: One-line error message when status is "error".
+        attempts: How many times the job was run to reach this row.
+        finished_at: When the row was committed (UTC).
+    """
+
+    run_id: str = Field(max_length=32)
+    key: str
+    idx: int = 0
+    status: JobStatus = "ok"
+    request_hash: str | None = Field(default=None, max_length=64)
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    attempts: int = 1
+    finished_at: UTCDateTime = Field(default_factory=utcnow)
 
 
 class RunDetail(BaseModel):

@@ -20,11 +20,12 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "Candidate", "JSONType", "Run", "Span", "UTCDateTime"]
+__all__ = ["Base", "Candidate", "JSONType", "Job", "Run", "Span", "UTCDateTime"]
 
 # Explicit constraint names let later migrations drop or alter constraints by name,
 # which SQLite's batch mode needs.
@@ -79,13 +80,19 @@ class Run(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     kind: Mapped[str] = mapped_column(String(64), index=True)
     name: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16))
+    # Indexed: readers look up the running runs to tell the ones whose process is gone.
+    status: Mapped[str] = mapped_column(String(16), index=True)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     input_tokens: Mapped[int] = mapped_column(Integer, default=0)
     output_tokens: Mapped[int] = mapped_column(Integer, default=0)
     attributes: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    # The process driving the run (see store.liveness); None on runs from before 0002.
+    host: Mapped[str | None] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    pid_start: Mapped[str | None] = mapped_column(String(64))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Span(Base):
@@ -128,3 +135,27 @@ class Candidate(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     tokens: Mapped[int] = mapped_column(Integer, default=0)
     attributes: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+
+class Job(Base):
+    """One unit of work of a run (a problem of an eval, a line of a batch), with its result.
+
+    A job's row is written in the transaction that marks it done, so the store alone tells
+    what is left to do after a crash. ``key`` is the caller's id (problem id, batch
+    ``custom_id``), unique within the run; ``request_hash`` lets a resumer tell a changed
+    request from the one that produced the stored result.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("run_id", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(Text)
+    idx: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -5,6 +5,10 @@ least every ``flush_interval_s`` (200 ms) or as soon as ``max_pending`` (500) re
 wait, and always by :meth:`TraceStore.flush`, :meth:`TraceStore.end_run` and
 :meth:`TraceStore.close`. What a flush has committed survives a SIGKILL; what it could
 not write stays pending and the next flush retries it (and raises if it fails again).
+
+Runs record the process that drives them, whose daemon thread renews their heartbeat
+(see ``store.liveness``). A job's result (:meth:`TraceStore.record_job`) is committed
+together with every span buffered before it, in one transaction.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any, Literal, Self
 
 from pydantic import TypeAdapter
@@ -29,6 +34,8 @@ from ttc.store.engine import (
     resolve_db_url,
     write_transaction,
 )
+from ttc.store.durable import DurableRuns, RunTakenOver
+from ttc.store.liveness import HEARTBEAT_INTERVAL_S, ProcessIdentity
 from ttc.store.queries import RunNotFound
 from ttc.store.records import (
     CandidateRecord,
@@ -41,7 +48,7 @@ from ttc.store.records import (
 )
 from ttc.store.schema import Candidate, Run, Span
 
-__all__ = ["TraceStore"]
+__all__ = ["RunTakenOver", "TraceStore"]
 
 log = logging.getLogger("ttc.store")
 
@@ -66,7 +73,7 @@ def _insert_spans(dialect_name: str) -> Insert:
     return insert(table)
 
 
-class TraceStore:
+class TraceStore(DurableRuns):
     """Writes runs, spans and candidates; reads them back.
 
     Thread-safe: any thread may record. Use as a context manager, or call
@@ -76,14 +83,31 @@ class TraceStore:
         engine: An engine whose database is migrated (see :meth:`open`).
         flush_interval_s: Longest time a buffered record waits before being written.
         max_pending: Number of buffered records that triggers a write at once.
+        heartbeat_interval_s: How often the runs this store started are heartbeat.
+        clock: The current UTC time (injectable in tests).
+        identity: The process recorded as the runs' owner (default: this one; tests
+            inject another host or pid).
     """
 
     def __init__(
-        self, engine: Engine, *, flush_interval_s: float = 0.2, max_pending: int = 500
+        self,
+        engine: Engine,
+        *,
+        flush_interval_s: float = 0.2,
+        max_pending: int = 500,
+        heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+        clock: Callable[[], datetime] = utcnow,
+        identity: ProcessIdentity | None = None,
     ) -> None:
         self.engine = engine
         self.flush_interval_s = flush_interval_s
         self.max_pending = max_pending
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.clock = clock
+        self._identity = identity
+        self._owned: set[str] = set()  # running runs this store heartbeats
+        self._beat_thread: threading.Thread | None = None
+        self._beat_stop = threading.Event()
         self._lock = threading.Lock()  # guards the buffers and the state flags
         self._flush_lock = threading.Lock()  # one write at a time: keeps records in order
         self._spans: list[dict[str, Any]] = []
@@ -104,14 +128,17 @@ class TraceStore:
         *,
         flush_interval_s: float = 0.2,
         max_pending: int = 500,
+        heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+        clock: Callable[[], datetime] = utcnow,
+        identity: ProcessIdentity | None = None,
         **engine_options: Any,
     ) -> Self:
         """Open the store at ``url``, creating or upgrading its schema on first use.
 
         Args:
             url: SQLAlchemy URL; None means ``TTC_DB``, then ``sqlite:///ttc.db``.
-            flush_interval_s: See the class.
-            max_pending: See the class.
+            flush_interval_s, max_pending, heartbeat_interval_s, clock, identity: See
+                the class.
             **engine_options: Passed to :func:`store.engine.make_engine`.
 
         Raises:
@@ -124,7 +151,8 @@ class TraceStore:
         except BaseException:
             engine.dispose()
             raise
-        return cls(engine, flush_interval_s=flush_interval_s, max_pending=max_pending)
+        return cls(engine, flush_interval_s=flush_interval_s, max_pending=max_pending,
+                   heartbeat_interval_s=heartbeat_interval_s, clock=clock, identity=identity)
 
     # -- writing ---------------------------------------------------------------------
 
@@ -135,7 +163,9 @@ class TraceStore:
         attributes: dict[str, Any] | None = None,
         run_id: str | None = None,
     ) -> str:
-        """Create a run with status "running", committed immediately.
+        """Create a run with status "running", owned by this process, committed immediately.
+
+        The run is heartbeat until :meth:`end_run` (or :meth:`close`).
 
         Args:
             kind: What the run is ("generate", "solve", "batch", "bench", ...).
@@ -146,12 +176,16 @@ class TraceStore:
         Returns:
             The run id.
         """
-        record = RunRecord(id=run_id or new_trace_id(), kind=kind, name=name)
+        me = self.identity
+        now = self.clock()
+        record = RunRecord(id=run_id or new_trace_id(), kind=kind, name=name, created_at=now,
+                           host=me.host, pid=me.pid, pid_start=me.start, heartbeat_at=now)
         row = record.model_dump(exclude={"attributes"})
         row["attributes"] = _json_attrs(attributes)
         self._check_open()
         with self._flush_lock, write_transaction(self.engine) as conn:
             conn.execute(insert(Run.__table__), [row])
+        self._own(record.id)
         return record.id
 
     def add_span(self, span: SpanRecord) -> None:
@@ -181,7 +215,7 @@ class TraceStore:
     def end_run(
         self,
         run_id: str,
-        status: Literal["ok", "error"] = "ok",
+        status: Literal["ok", "error", "interrupted"] = "ok",
         error: str | None = None,
         input_tokens: int | None = None,
         output_tokens: int | None = None,
@@ -191,7 +225,7 @@ class TraceStore:
 
         Args:
             run_id: Full id of the run.
-            status: "ok" or "error".
+            status: "ok", "error" or "interrupted" (stopped by a signal).
             error: One-line error message.
             input_tokens: Run total; None sums the run's llm spans.
             output_tokens: Run total; None sums the run's llm spans.
@@ -199,18 +233,24 @@ class TraceStore:
 
         Raises:
             RunNotFound: No run has this id (buffered records are kept).
+            RunTakenOver: Another process resumed the run; it is left as it is.
             StoreError: The write failed; records stay buffered, the run stays open.
         """
-        if status not in ("ok", "error"):
-            raise ValueError(f"status must be 'ok' or 'error', not {status!r}")
+        if status not in ("ok", "error", "interrupted"):
+            raise ValueError(f"status must be 'ok', 'error' or 'interrupted', not {status!r}")
         update_attrs = _json_attrs(attributes_update) if attributes_update else None
+        me = self.identity
 
         def finish(conn: Connection) -> None:
             row = conn.execute(
-                select(Run.attributes).where(Run.id == run_id).with_for_update()
+                select(Run.attributes, Run.host, Run.pid, Run.pid_start)
+                .where(Run.id == run_id)
+                .with_for_update()
             ).first()
             if row is None:
                 raise RunNotFound(f"no run {run_id!r}")
+            if row.pid is not None and (row.host, row.pid, row.pid_start) != (me.host, me.pid, me.start):
+                raise RunTakenOver(f"run {run_id} is now driven by pid {row.pid} on {row.host}")
             values: dict[str, Any] = {"status": status, "error": error, "ended_at": utcnow()}
             sums: Any = (0, 0)
             if input_tokens is None or output_tokens is None:
@@ -229,6 +269,7 @@ class TraceStore:
         self._check_open()
         with self._flush_lock:
             self._write_pending(finish)
+        self._disown(run_id)
 
     def close(self) -> None:
         """Stop the background writer, flush, and release the engine. Idempotent.
@@ -243,8 +284,11 @@ class TraceStore:
             thread = self._thread
         atexit.unregister(self._atexit)
         self._wake.set()
+        self._beat_stop.set()
         if thread is not None:
             thread.join()
+        if self._beat_thread is not None:
+            self._beat_thread.join()
         try:
             self.flush()
         finally:
@@ -269,17 +313,17 @@ class TraceStore:
     ) -> list[RunRecord]:
         """Newest runs first; see :func:`store.queries.list_runs`."""
         self._flush_if_pending()
-        return queries.list_runs(self.engine, limit=limit, kind=kind, status=status)
+        return queries.list_runs(self.engine, limit=limit, kind=kind, status=status, now=self.clock())
 
     def get_run(self, run_id: str) -> RunDetail:
         """A run with its spans and candidates; see :func:`store.queries.get_run`."""
         self._flush_if_pending()
-        return queries.get_run(self.engine, run_id)
+        return queries.get_run(self.engine, run_id, now=self.clock())
 
     def stats(self, kind: str | None = None) -> StatsRecord:
         """Aggregates over runs and spans; see :func:`store.queries.stats`."""
         self._flush_if_pending()
-        return queries.stats(self.engine, kind=kind)
+        return queries.stats(self.engine, kind=kind, now=self.clock())
 
     # -- internals -------------------------------------------------------------------
 
@@ -329,7 +373,7 @@ class TraceStore:
             with self._lock:
                 self._spans[:0] = spans
                 self._candidates[:0] = candidates
-            if isinstance(exc, StoreError) and not isinstance(exc, RunNotFound):
+            if isinstance(exc, StoreError) and not isinstance(exc, (RunNotFound, RunTakenOver)):
                 n = len(spans) + len(candidates)
                 raise StoreError(f"{exc} ({n} trace records kept pending)") from exc
             raise

@@ -29,6 +29,7 @@ from ttc.store import (
     StoreError,
     TraceStore,
     get_run,
+    list_runs,
     make_engine,
     migrate,
     resolve_db_url,
@@ -110,6 +111,30 @@ def test_concurrent_first_open_migrates_once(db_url, reader):
     with reader.connect() as conn:
         versions = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars()
         assert list(versions) == [HEAD]
+
+
+def test_upgrade_from_0001_keeps_runs_and_ownerless_running_runs_read_interrupted(db_url, reader):
+    from alembic import command
+    from alembic.config import Config
+
+    from ttc.store.schema import JSONType, UTCDateTime
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    runs = sa.table("runs", *(sa.column(c) for c in ("id", "kind", "name", "status", "input_tokens", "output_tokens")),
+                    sa.column("attributes", JSONType), sa.column("created_at", UTCDateTime()))
+    long_ago = utcnow() - timedelta(hours=2)
+    with reader.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+        for run_id, status in (("old-running", "running"), ("old-ok", "ok")):
+            conn.execute(sa.insert(runs).values(id=run_id, kind="solve", name="n", status=status, input_tokens=0,
+                                                output_tokens=0, attributes={}, created_at=long_ago))
+    migrate(reader)
+    with reader.connect() as conn:
+        assert list(conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars()) == [HEAD]
+    # A run from before owners were recorded cannot be heartbeat: older than 60 s, it is gone.
+    assert {r.id: r.status for r in list_runs(reader)} == {"old-running": "interrupted", "old-ok": "ok"}
 
 
 # -- runs, spans, candidates -----------------------------------------------------------
@@ -350,7 +375,8 @@ def test_sigkill_after_flush_loses_nothing_flushed(db_url, reader):
         child.wait(timeout=10)
         child.stdout.close()
     detail = get_run(reader, run_id)
-    assert detail.run.status == "running"
+    # Its process is gone: the run reads as interrupted, never running.
+    assert detail.run.status == "interrupted"
     assert sorted(s.name for s in detail.spans) == sorted(f"flushed {i}" for i in range(100))
 
 
