@@ -193,3 +193,39 @@ def bench_overhead(
     stdout.print(f"hand-written {m['hand_written']['wall_s_median']:.3f}s, orchestrated "
                  f"{m['orchestrated']['wall_s_median']:.3f}s (median of {result['runs']}): "
                  f"ratio {result['ratio']:.3f}; written to {esc(result['files']['json'])}")
+
+
+@bench_app.command("pooled-budget")
+def bench_pooled(
+    task: Annotated[str, typer.Option("--task", help="Task with a direct built-in model.")] = "countdown",
+    quick: Annotated[bool, typer.Option("--quick", help="20 problems instead of 100.")] = False,
+    budget_tokens: Annotated[int, typer.Option("--budget-tokens", min=1, help="Per-problem token budget.")] = 1024,
+    n_problems: Annotated[int | None, typer.Option("--problems", min=1, help="Held-out problems (default 100).")] = None,
+    db: DbOption = None,
+    out_dir: OutOpt = None,
+    force: ForceOpt = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Best-of-N at a token budget: one pooled draw vs rounds vs the one-draw pass@n curve."""
+    name = "pooled-budget" + ("" if _task_name(task) == "countdown" else f"-{task}")
+    out_dir = bench_out_dir(out_dir, quick=quick, name=name, force=force)
+    from .bench.pooled import run_pooled_bench
+
+    with _running(name):
+        r = run_pooled_bench(task=task, quick=quick, budget_tokens=budget_tokens, n_problems=n_problems, db=db,
+                             out_dir=out_dir, progress=stderr)
+    if json_out:
+        emit_json(r)
+        return
+    table = make_table("best_of_n", "accuracy", "95% CI", "samples", "uncut", "mean tokens", "max tokens",
+                       title=f"{esc(task)} at {budget_tokens} tokens/problem, {r['n_problems']} problems")
+    for label, row in r["best_of_n"].items():
+        table.add_row(esc(label), f"{row['accuracy']:.1%}", f"{row['ci95'][0]:.1%}-{row['ci95'][1]:.1%}",
+                      f"{row['samples']:.1f}", f"{row['uncut']:.1f}", f"{row['mean_tokens']:.0f}",
+                      str(row["max_tokens"]))
+    c = r["one_draw_curve"]
+    table.add_row("one-draw pass@n", f"{c['accuracy']:.1%}", f"{c['ci95'][0]:.1%}-{c['ci95'][1]:.1%}",
+                  f"{c['n_at_budget']:.1f}", "-", str(budget_tokens), "-")
+    stdout.print(table)
+    stdout.print(f"pooled within the curve's interval: {r['pooled_within_curve_ci']}; "
+                 f"written to {esc(r['files']['json'])}")
