@@ -143,3 +143,23 @@ def test_consent_runs_the_checkpoint_code(tmp_path, monkeypatch):
         for name in set(sys.modules) - before:
             if name.startswith("transformers_modules"):
                 del sys.modules[name]
+
+
+@pytest.mark.parametrize("where", ["config", "tokenizer_config"])
+def test_cli_solve_with_yes_on_stdin_exits_2_and_runs_nothing(tmp_path, where):
+    """As a user meets it: `ttc solve --model DIR` with "y" typed on stdin."""
+    import subprocess
+    import sys
+
+    ckpt, marker = _copy(tmp_path)
+    if where == "config":
+        _custom_model(ckpt)
+    else:
+        _edit(ckpt / "tokenizer_config.json", auto_map={"AutoTokenizer": ["evil.EvilTokenizer", None]})
+    proc = subprocess.run(
+        [sys.executable, "-m", "ttc", "solve", "--task", "countdown", "--model", str(ckpt),
+         "--problem", '{"numbers": [3, 5, 7], "target": 22}', "--db", f"sqlite:///{tmp_path / 't.db'}"],
+        input="y\ny\n", capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "--trust-remote-code" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not marker.exists()
