@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass, replace
 
 from pydantic import BaseModel, ConfigDict, field_validator
-
 from ttc.backends.errors import BadInputError
 from ttc.backends.types import Usage, UserInput
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, Field
-
 from ttc.backends.types import Usage
 
 __all__ = ["Candidate", "Result", "StopReason", "Verdict"]

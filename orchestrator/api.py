@@ -20,21 +20,27 @@ from contextlib import contextmanager
 from typing import Any
 
 from pydantic import BaseModel
-
 from ttc.backends.base import Backend
 from ttc.backends.errors import BadInputError
 from ttc.backends.types import Generation, SamplingParams, Usage
-from ttc.store import RunDetail, RunRecord, StatsRecord, StoreError, TraceStore
-from ttc.store.engine import resolve_db_url
 from ttc.core.budget import Budget, Ledger
 from ttc.core.calls import call_model
 from ttc.core.contracts import ModelPool, SolveContext
 from ttc.core.types import Result
+from ttc.store import RunDetail, RunRecord, StatsRecord, StoreError, TraceStore
+from ttc.store.engine import resolve_db_url
 from ttc.strategies.registry import StrategySpec, get_strategy
 from ttc.tasks.registry import get_task
 
 from ._run_guard import RunInterrupted, deferred_signals, stop_on_signals
-from .durability import EvalPlan, EvalReport, digests, outcome, report_from_jobs, run_eval
+from .durability import (
+    EvalPlan,
+    EvalReport,
+    digests,
+    outcome,
+    report_from_jobs,
+    run_eval,
+)
 from .models import load_backend
 from .tracing import StoreTracer, one_line
 

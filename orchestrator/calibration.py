@@ -16,7 +16,14 @@ from typing import Any
 
 from ttc.core.budget import Budget, Ledger
 from ttc.core.contracts import ModelPool, SolveContext
-from ttc.strategies.auto import CALIBRATION_KIND, MenuItem, Policy, PolicyEntry, inner_params, probe
+from ttc.strategies.auto import (
+    CALIBRATION_KIND,
+    MenuItem,
+    Policy,
+    PolicyEntry,
+    inner_params,
+    probe,
+)
 from ttc.strategies.registry import get_strategy
 from ttc.tasks.registry import find_builtin
 

@@ -21,7 +21,6 @@ import statistics
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
-
 from ttc.backends.base import Backend
 from ttc.backends.errors import BadInputError
 from ttc.core.contracts import SolveContext

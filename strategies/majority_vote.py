@@ -9,6 +9,7 @@ else under the parsed answer.
 from __future__ import annotations
 
 from collections import Counter
+
 from ttc.core.contracts import SolveContext
 from ttc.core.types import Result
 

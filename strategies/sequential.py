@@ -9,7 +9,7 @@ from __future__ import annotations
 from ttc.core.contracts import SolveContext
 from ttc.core.types import Result
 
-from ._rounds import task_params, finish, sample_rounds
+from ._rounds import finish, sample_rounds, task_params
 from .registry import strategy
 
 __all__ = ["sequential"]

@@ -7,6 +7,7 @@ soft verifier (a judge's probability) agreement among good candidates adds up.
 from __future__ import annotations
 
 from collections import defaultdict
+
 from ttc.core.contracts import SolveContext
 from ttc.core.types import Result
 

@@ -57,7 +57,7 @@ def test_checkpoint_loads_with_auto_classes_and_has_a_card(name):
 def test_direct_model_best_of_n_solves_held_out_problems(task_name):
     """Best-of-16 with the exact verifier on easy held-out problems: a trained model solves some."""
     from ttc.backends import TransformersBackend
-    from ttc.core import Budget, Ledger, NullTracer
+    from ttc.core import Budget, Ledger
     from ttc.core.contracts import SolveContext
     from ttc.strategies import get_strategy
 
@@ -79,7 +79,7 @@ def test_search_model_writes_traces_that_end_in_an_answer(task_name):
     """The search models write traces in their format: within the budget, ending in an
     ``A:`` answer unless cut short; the Sudoku one solves held-out puzzles (see its card)."""
     from ttc.backends import TransformersBackend
-    from ttc.core import Budget, Ledger, NullTracer
+    from ttc.core import Budget, Ledger
     from ttc.core.contracts import SolveContext
     from ttc.strategies import get_strategy
 

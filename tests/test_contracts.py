@@ -4,7 +4,6 @@ streams, model roles, and problems that every strategy sees (Sudoku on 4x4, 6x6,
 from __future__ import annotations
 
 import pytest
-
 from ttc.backends import BadInputError, ScriptedBackend
 from ttc.backends.types import SamplingParams
 from ttc.core import Budget, Ledger, Verdict
@@ -12,9 +11,8 @@ from ttc.core.contracts import ModelPool, SolveContext
 from ttc.core.streaming import stream_model
 from ttc.strategies import get_strategy
 from ttc.tasks.countdown import COUNTDOWN
-from ttc.tasks.sudoku import SUDOKU
+from ttc.tasks.sudoku import SUDOKU, reference_solution
 from ttc.verifiers.sudoku import format_grid
-from ttc.tasks.sudoku import reference_solution
 
 PROBLEM = {"id": "p", "numbers": [3, 5, 7], "target": 22}
 RIGHT = "3*5=15,15+7=22."

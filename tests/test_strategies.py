@@ -6,7 +6,7 @@ import pytest
 
 from ttc.backends import BadInputError, ScriptedBackend
 from ttc.orchestrator import Orchestrator
-from ttc.core import Budget, Ledger, NullTracer
+from ttc.core import Budget, Ledger
 from ttc.core.contracts import SolveContext
 from ttc.strategies import STRATEGIES, get_strategy
 from ttc.tasks.countdown import COUNTDOWN

@@ -13,7 +13,7 @@ import pytest
 from ttc.backends import BadInputError, ScriptedBackend
 from ttc.backends.types import Usage
 from ttc.orchestrator import Orchestrator
-from ttc.core import Budget, Ledger, NullTracer
+from ttc.core import Budget, Ledger
 from ttc.core.contracts import ModelPool, SolveContext
 from ttc.strategies import STRATEGIES, get_strategy
 from ttc.strategies.tree_search import StepStructure, tree_search
