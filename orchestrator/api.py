@@ -14,6 +14,7 @@ Evaluations are durable: each problem's result is committed to the store before
 from __future__ import annotations
 
 import json
+import threading
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -125,6 +126,7 @@ class Orchestrator:
                         if v is not None}
         self._store: TraceStore | None = None
         self._backends: dict[tuple[str, str | None], Backend] = {}
+        self._load_lock = threading.RLock()
 
     @property
     def store(self) -> TraceStore:
@@ -138,6 +140,10 @@ class Orchestrator:
         Loaded once per orchestrator and reused.
         """
         key = (model, base_url)
+        with self._load_lock:  # graph stages run in threads; a model loads once
+            return self._backend(key, model, base_url)
+
+    def _backend(self, key: tuple[str, str | None], model: str, base_url: str | None) -> Backend:
         if key not in self._backends:
             options = dict(self._remote) if base_url else {}
             if self.trust_remote_code:
@@ -181,6 +187,10 @@ class Orchestrator:
                 raise
             with deferred_signals():
                 self.store.end_run(run_id, status="ok", attributes_update=tracer.outcome)
+
+    def artifacts(self) -> "_StoreArtifacts":
+        """The artifact lookup strategies see through their context (newest matching run)."""
+        return _StoreArtifacts(self)
 
     def models(self, task: str, model: str | Backend | None = None,
                models: dict[str, str | Backend] | None = None, *, base_url: str | None = None) -> ModelPool:
@@ -357,7 +367,7 @@ class Orchestrator:
                       params) -> Result:
         ledger = Ledger(budget)
         ctx = SolveContext(task=task_obj, problem=problem, verifier=task_obj.verifier, ledger=ledger,
-                           models=pool, tracer=tracer, artifacts=_StoreArtifacts(self))
+                           models=pool, tracer=tracer, artifacts=self.artifacts())
         if spec.prepare is not None:
             params = {**params, **spec.prepare(ctx, params)}
         result = spec(ctx, **params)

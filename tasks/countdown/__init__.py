@@ -77,7 +77,12 @@ class CountdownTask:
             raise BadInputError(str(exc)) from None
 
     def prompt(self, problem: dict, fmt: str = "direct", hint: str | int | None = None) -> str:
-        """The prompt for a problem ("direct", with an optional hint, or "search")."""
+        """The prompt for a problem ("direct", with an optional hint, or "search").
+
+        A problem may carry its own ``hint`` (a first operation or an intermediate value,
+        e.g. from an upstream stage of a task graph); the direct format then conditions on it."""
+        if hint is None and fmt == "direct":
+            hint = problem.get("hint")
         try:
             return prompt(problem, fmt, hint)
         except ValueError as exc:
@@ -91,7 +96,7 @@ class CountdownTask:
         """
         if not isinstance(obj, dict):
             raise BadInputError('a CountDown problem is a JSON object like {"numbers": [3, 5, 7], "target": 22}')
-        unknown = set(obj) - {"id", "numbers", "target"}
+        unknown = set(obj) - {"id", "numbers", "target", "hint"}
         if unknown:
             raise BadInputError(f"unknown field(s) in CountDown problem: {', '.join(sorted(map(str, unknown)))}")
         nums, target = obj.get("numbers"), obj.get("target")
@@ -109,7 +114,14 @@ class CountdownTask:
             pid = "cd-" + "-".join(map(str, nums)) + f"-to-{target}"
         elif not isinstance(pid, (str, int)) or isinstance(pid, bool):
             raise BadInputError(f'"id" must be a string, got {type(pid).__name__}')
-        return {"id": str(pid), "numbers": list(nums), "target": target}
+        out = {"id": str(pid), "numbers": list(nums), "target": target}
+        hint = obj.get("hint")
+        if hint is not None:
+            if isinstance(hint, bool) or not isinstance(hint, (str, int)) or (isinstance(hint, str) and (
+                    not hint or len(hint) > 64 or any(c in hint for c in ":|\n>"))):
+                raise BadInputError(f'"hint" must be a first operation like "81-48=33" or a number, got {hint!r}')
+            out["hint"] = hint
+        return out
 
     def verify(self, problem: dict, text: str):
         """Shorthand for ``self.verifier.verify``."""

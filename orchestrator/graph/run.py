@@ -1,0 +1,259 @@
+"""Running a task graph: the DAG compiled into a LangGraph ``StateGraph``.
+
+One node per stage, the DAG's edges (a stage with several parents waits for all of them),
+and a checkpointer on the trace store's own database, so an interrupted graph run resumes
+without re-running finished stages (``thread_id`` = the run id). Each task stage runs its
+allocated strategy in a child of the run's ledger: the stage's budget is its own limit and
+the graph's total is never exceeded. A stage's n samples stay one batched core call inside
+the strategy, so shared-prefix batching is kept.
+
+Run-time reallocation (``policy``): with ``static`` each stage gets its allocation; with
+``carry`` what finished stages left unspent is handed to the stages still to run, in
+equal shares; with ``carry_weighted`` in proportion to ``weights`` (e.g. each stage's
+marginal gain per token from the allocation table).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, Literal, TypedDict
+
+from pydantic import BaseModel, Field
+
+from ttc.backends.errors import BadInputError
+from ttc.core.budget import Budget, Ledger
+from ttc.core.contracts import ModelPool, SolveContext
+from ttc.strategies.registry import get_strategy
+from ttc.tasks.registry import get_task
+
+from .allocation import Allocation
+from .spec import GraphSpec
+
+__all__ = ["GraphResult", "StageOutput", "Policy", "checkpointer_for", "compile_graph", "run_graph"]
+
+Policy = Literal["static", "carry", "carry_weighted"]
+
+
+def _merge(a: dict, b: dict) -> dict:
+    return {**a, **b}
+
+
+class _State(TypedDict, total=False):
+    problem: dict
+    outputs: Annotated[dict, _merge]   # stage -> StageOutput as a dict
+    left: Annotated[dict, _merge]      # stage -> tokens it left unspent of what it was given
+    carried: Annotated[dict, _merge]   # stage -> tokens it received from finished stages
+
+
+class StageOutput(BaseModel):
+    """What one stage produced (task stages) or returned (callable stages)."""
+
+    stage: str
+    answer: Any = None
+    correct: bool | None = None
+    tokens: int = 0
+    granted: int | None = None
+    model: str | None = None
+    strategy: str | None = None
+    stop_reason: str | None = None
+    problem: dict | None = None
+
+
+class GraphResult(BaseModel):
+    """A task graph's result on one problem."""
+
+    graph: str
+    score: float
+    outputs: dict[str, StageOutput]
+    tokens: int
+    budget_tokens: int
+    trace_id: str | None = None
+    policy: str = "static"
+    resumed_stages: list[str] = Field(default_factory=list)
+
+
+@contextmanager
+def checkpointer_for(db_url: str) -> Iterator[Any]:
+    """A LangGraph checkpointer on the trace store's database (SQLite file or PostgreSQL)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db_url)
+    if url.get_backend_name() == "sqlite":
+        from langgraph.checkpoint.sqlite import SqliteSaver
+
+        # check_same_thread=False: LangGraph writes checkpoints from its worker threads; the
+        # saver serialises access with its own lock.
+        conn = sqlite3.connect(url.database or ":memory:", check_same_thread=False)
+        try:
+            saver = SqliteSaver(conn)
+            saver.setup()
+            yield saver
+        finally:
+            conn.close()
+    elif url.get_backend_name() == "postgresql":
+        from langgraph.checkpoint.postgres import PostgresSaver
+
+        plain = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        with PostgresSaver.from_conn_string(plain) as saver:
+            saver.setup()
+            yield saver
+    else:
+        raise BadInputError(f"no graph checkpointer for database {url.get_backend_name()!r}")
+
+
+def _share(policy: Policy, stage: str, pending: list[str], weights: dict[str, float]) -> float:
+    if policy == "carry":
+        return 1.0 / len(pending)
+    total = sum(max(weights.get(s, 0.0), 0.0) for s in pending)
+    if total <= 0:
+        return 1.0 / len(pending)
+    return max(weights.get(stage, 0.0), 0.0) / total
+
+
+def compile_graph(orc, graph: GraphSpec, allocation: Allocation, ledger: Ledger, tracer, *,
+                  policy: Policy = "static", weights: dict[str, float] | None = None, checkpointer=None,
+                  on_stage=None):
+    """The LangGraph ``StateGraph`` of ``graph`` under ``allocation``, compiled.
+
+    Args:
+        orc: The orchestrator (models, artifacts).
+        graph, allocation: What to run and with what.
+        ledger: The run's ledger; each task stage spends in a child of it.
+        tracer: Where stage spans go.
+        policy, weights: Run-time reallocation (see the module docstring).
+        checkpointer: A LangGraph checkpointer (None: no resume).
+        on_stage: Called as ``on_stage(stage, output)`` after a stage finishes.
+    """
+    from langgraph.graph import END, START, StateGraph
+
+    graph.check_allocation(allocation)
+    if policy not in ("static", "carry", "carry_weighted"):
+        raise BadInputError(f"unknown reallocation policy {policy!r}; valid: carry, carry_weighted, static")
+    weights = weights or {}
+    dag = graph.dag()
+    order = graph.order()
+
+    def make_node(name: str):
+        spec = graph.stage(name)
+        preds = list(dag.predecessors(name))
+
+        def node(state: _State) -> dict:
+            outputs = state.get("outputs", {})
+            upstream = {u: outputs[u] for u in preds}
+            carry = 0
+            if policy != "static":
+                started = set(outputs) | set(state.get("carried", {}))
+                pool = sum(state.get("left", {}).values()) - sum(state.get("carried", {}).values())
+                # Callable stages have no allocation to add to; leftovers go to task stages.
+                pending = [s for s in order if s not in started and graph.stage(s).task is not None]
+                carry = max(0, int(pool * _share(policy, name, pending, weights))) if pending else 0
+            make_input = spec.input_fn()
+            stage_problem = make_input(state["problem"], upstream) if make_input else state["problem"]
+            out, left = _run_stage(orc, spec, allocation, stage_problem, upstream, ledger, tracer, carry)
+            if on_stage is not None:
+                on_stage(name, out)
+            update: dict[str, Any] = {"outputs": {name: out.model_dump(mode="json")}, "left": {name: left}}
+            if policy != "static":
+                update["carried"] = {name: carry}
+            return update
+
+        return node
+
+    g = StateGraph(_State)
+    for name in order:
+        g.add_node(name, make_node(name))
+    for name in order:
+        preds = list(dag.predecessors(name))
+        if not preds:
+            g.add_edge(START, name)
+        else:
+            # The list form waits for every parent (two plain edges would run the stage twice).
+            g.add_edge(preds if len(preds) > 1 else preds[0], name)
+        if dag.out_degree(name) == 0:
+            g.add_edge(name, END)
+    return g.compile(checkpointer=checkpointer)
+
+
+def _run_stage(orc, spec, allocation: Allocation, problem: dict, upstream: dict, ledger: Ledger, tracer,
+               carry: int) -> tuple[StageOutput, int]:
+    if spec.task is None:
+        ctx = SolveContext(task=None, problem=problem, verifier=None, ledger=ledger.child(),
+                           models=ModelPool({}, loader=orc.backend), tracer=tracer)
+        with tracer.span("stage", spec.name, **{"ttc.stage.kind": "callable"}) as span:
+            value = spec.run_fn()(ctx, {"problem": problem, **{u: o["answer"] for u, o in upstream.items()}})
+            spent = ctx.ledger.spent.tokens
+            span.set(**{"ttc.tokens": spent})
+        return StageOutput(stage=spec.name, answer=value, tokens=spent), 0
+    option = allocation.stages[spec.name]
+    task = get_task(spec.task)
+    parsed = task.parse_problem(problem)
+    choice = next((c for c in spec.options if c.model == option.model and c.strategy == option.strategy), None)
+    base_url = choice.base_url if choice is not None else None
+    strategy = get_strategy(option.strategy)
+    strategy.check_params(option.params)
+    pool = orc.models(spec.task, option.model, base_url=base_url)
+    strategy.check_models(pool)
+    granted = option.budget_tokens + carry
+    child = ledger.child(Budget(tokens=granted))
+    ctx = SolveContext(task=task, problem=parsed, verifier=task.verifier, ledger=child, models=pool, tracer=tracer,
+                       artifacts=orc.artifacts())
+    params = dict(option.params)
+    if strategy.prepare is not None:
+        params.update(strategy.prepare(ctx, params))
+    with tracer.span("stage", spec.name, **{"ttc.stage.model": option.model, "ttc.stage.strategy": option.strategy,
+                                            "ttc.stage.budget": option.budget_tokens, "ttc.stage.carry": carry}) as span:
+        result = strategy(ctx, **params)
+        span.set(**{"ttc.answer": result.answer, "ttc.correct": result.correct, "ttc.tokens": result.tokens})
+    out = StageOutput(stage=spec.name, answer=result.answer, correct=result.correct, tokens=child.spent.tokens,
+                      granted=granted, model=option.model, strategy=option.strategy, stop_reason=result.stop_reason,
+                      problem=parsed)
+    return out, max(0, granted - child.spent.tokens)
+
+
+def run_graph(orc, graph: GraphSpec, problem: dict, allocation: Allocation, *, policy: Policy = "static",
+              weights: dict[str, float] | None = None, budget_tokens: int | None = None, tracer,
+              checkpointer=None, thread_id: str | None = None, resume: bool = False, spent_before: int = 0,
+              on_stage=None) -> GraphResult:
+    """Runs ``graph`` on one problem under ``allocation`` (see :func:`compile_graph`).
+
+    Args:
+        budget_tokens: The graph's total (default: the allocation's sum of stage budgets).
+        thread_id: Checkpoint thread (the run id) when ``checkpointer`` is given.
+        resume: Continue the checkpointed thread instead of starting it.
+        spent_before: Tokens already spent on this run before an interruption (counted
+            against the total, so a resumed run never exceeds it).
+    """
+    graph.check_allocation(allocation)
+    # Models load here, in this thread, before the stages run in LangGraph's worker threads.
+    for name, option in allocation.stages.items():
+        spec = graph.stage(name)
+        choice = next((c for c in spec.options if c.model == option.model and c.strategy == option.strategy), None)
+        orc.backend(option.model, base_url=choice.base_url if choice else None)
+    total = budget_tokens or allocation.budget_tokens
+    ledger = Ledger(Budget(tokens=total))
+    if spent_before:
+        from ttc.backends.types import Usage
+
+        ledger.settle(None, Usage(prompt_tokens=spent_before), samples=0)
+    compiled = compile_graph(orc, graph, allocation, ledger, tracer, policy=policy, weights=weights,
+                             checkpointer=checkpointer, on_stage=on_stage)
+    config = {"configurable": {"thread_id": thread_id}} if checkpointer is not None else None
+    done_before: list[str] = []
+    if resume:
+        if checkpointer is None or thread_id is None:
+            raise BadInputError("resuming a graph run needs its checkpoint (the run's database)")
+        snapshot = compiled.get_state(config)
+        done_before = sorted((snapshot.values or {}).get("outputs", {}))
+        kwargs = {"durability": "sync"}
+        state = compiled.invoke(None, config, **kwargs)
+    else:
+        kwargs = {"durability": "sync"} if checkpointer is not None else {}
+        state = compiled.invoke({"problem": problem, "outputs": {}, "left": {}, "carried": {}}, config, **kwargs)
+    outputs = {k: StageOutput.model_validate(v) for k, v in state["outputs"].items()}
+    scored = graph.scored()
+    score = sum(bool(outputs[s].correct) for s in scored) / len(scored) if scored else 0.0
+    return GraphResult(graph=graph.name, score=score, outputs=outputs, tokens=ledger.spent.tokens,
+                       budget_tokens=total, trace_id=getattr(tracer, "trace_id", None), policy=policy,
+                       resumed_stages=done_before)
