@@ -91,8 +91,10 @@ class _PooledDecoding:
                 **{backend._cache_kw: self.cache},
             )
         self.first_logits = out.logits[:, -1, :].float()  # what every fresh sample starts from
-        # Each initial row must be able to draw at least one token from the pool.
-        width = min(params.n, self.WIDTH, params.max_total_tokens)
+        # Until a sample finishes nothing says how long samples run: start as many as the
+        # pool holds at max_tokens each (as an unpooled call would), at least one, so that
+        # a small pool is not spread over samples that would all be cut. Rows refill later.
+        width = min(params.n, self.WIDTH, max(1, params.max_total_tokens // self.max_new[0]))
         if width > 1:
             self.cache.batch_repeat_interleave(width)
         self.active: list[int] = [self._new_sample() for _ in range(width)]
@@ -135,13 +137,17 @@ class _PooledDecoding:
     def _may_start(self) -> bool:
         if len(self.tokens) >= self.params.n or self.pool_left == 0:
             return False
+        flying = [len(self.tokens[s]) for s in self.active if self.finish[s] is None]
         if not self.done_lens:
-            return True
+            # Nothing has finished, so nothing says how long a sample runs: assume the
+            # worst (max_tokens), as an unpooled call would, so a small pool is not spread
+            # over samples that are all cut. The first sample always starts.
+            cap = self.max_new[0]
+            return not flying or self.pool_left - sum(max(cap - g, 1) for g in flying) >= cap
         lens = sorted(self.done_lens)
         # Room for a sample of the length most finished samples stayed within: starting one
         # that is likely to be cut spends tokens on nothing.
         room = lens[min(len(lens) - 1, int(_START_QUANTILE * len(lens)))]
-        flying = [len(self.tokens[s]) for s in self.active if self.finish[s] is None]
         need = sum(self._still_needs(g) for g in flying)
         # What the samples in flight need is uncertain; the more of them, the more slack
         # they need together (their spread adds up as sqrt(k)).

@@ -114,9 +114,17 @@ def test_cap_applies_per_prompt(backend):
 
 
 def test_tiny_pool_starts_only_what_it_can_pay_for(backend):
+    # Less than one sample's max_tokens: one sample starts (not five cut after a token each).
     g = backend.generate([PROMPT], pooled(5))[0]
-    assert len(g.completions) == 5 and g.usage.completion_tokens == 5
-    assert all(c.finish_reason == "budget" and c.completion_tokens == 1 for c in g.completions)
+    assert [(c.completion_tokens, c.finish_reason) for c in g.completions] == [(5, "budget")]
+    assert g.usage.completion_tokens == 5
+
+
+def test_small_pool_does_not_spread_over_samples_that_would_all_be_cut(backend):
+    # 305 tokens at max_tokens 64: four samples start, the rest as they finish; most end whole.
+    g = backend.generate([PROMPT], pooled(305))[0]
+    whole = [c for c in g.completions if c.finish_reason != "budget"]
+    assert g.usage.completion_tokens <= 305 and len(whole) >= 5 and len(g.completions) - len(whole) <= 2
 
 
 def test_max_tokens_still_caps_each_sample(backend):
