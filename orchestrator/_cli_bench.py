@@ -168,7 +168,8 @@ def bench_auto(
                       f"{row['mean_tokens']:.0f}")
     stdout.print(table)
     ratio = r["bon_budget_ratio"]
-    stdout.print(f"best-of-N needs {r['bon_tokens_to_match_auto'] or 'more than measured'} tokens to match auto"
+    match = r["bon_tokens_to_match_auto"]
+    stdout.print(f"best-of-N needs {f'{match:,.0f}' if match else 'more than measured'} tokens to match auto"
                  + (f" ({ratio:.2f}x auto's spend)" if ratio else "") + f"; written to {esc(r['files']['json'])}")
 
 

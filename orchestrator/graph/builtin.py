@@ -21,7 +21,7 @@ import re
 
 from .spec import GraphSpec, StageChoice, StageSpec
 
-__all__ = ["PLAN_SOLVE", "countdown_problem", "countdown_with_hint", "sudoku_problem", "make_problems",
+__all__ = ["BUILTIN_GRAPHS", "PLAN_SOLVE", "countdown_problem", "countdown_with_hint", "sudoku_problem", "make_problems",
            "first_step"]
 
 _STEP = re.compile(r"^\s*(\d+)\s*([-+*/])\s*(\d+)\s*=\s*(\d+)")
@@ -68,11 +68,20 @@ PLAN_SOLVE = GraphSpec(
 )
 
 
+BUILTIN_GRAPHS = {PLAN_SOLVE.name: PLAN_SOLVE}
+
+
 def make_problems(n: int, seed: int = 0, split: str = "test") -> list[dict]:
-    """``n`` pipeline problems: a held-out CountDown problem and a 6x6 Sudoku puzzle each."""
+    """``n`` pipeline problems: a held-out CountDown problem and a 6x6 Sudoku puzzle each.
+
+    ``split="train"`` is the allocation search's train split, never the models' training
+    data: CountDown's ``val_target`` targets and Sudoku test puzzles from other seeds
+    (seed + 1000); ``"test"`` is both tasks' test split."""
     from ttc.tasks.countdown import COUNTDOWN
     from ttc.tasks.sudoku import SUDOKU
 
-    cds = COUNTDOWN.make_problems(n, seed=seed, split=split)
-    sds = SUDOKU.make_problems(n, seed=seed, split=split)
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown split {split!r}; expected train or test")
+    cds = COUNTDOWN.make_problems(n, seed=seed, split="val_target" if split == "train" else "test")
+    sds = SUDOKU.make_problems(n, seed=seed + (1000 if split == "train" else 0), split="test")
     return [{"id": f"ps-{split}-{seed}-{i}", "countdown": cd, "sudoku": sd} for i, (cd, sd) in enumerate(zip(cds, sds))]
