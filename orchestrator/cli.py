@@ -25,6 +25,7 @@ from ._cli_common import (
 )
 from ._cli_bench import bench_app
 from ._cli_models import models_app
+from ._cli_graph import allocate, graph_app
 from ._cli_registry import strategies_app, tasks_app, verify_app
 from ._cli_solve import evaluate, solve
 
@@ -56,6 +57,8 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(strategies_app, name="strategies")
 app.add_typer(verify_app, name="verify")
+app.add_typer(graph_app, name="graph")
+app.command("allocate")(allocate)
 
 
 def _print_version(value: bool) -> None:

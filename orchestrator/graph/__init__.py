@@ -7,7 +7,9 @@ interruption; ``search`` (AgentTTS) finds a good allocation.
 """
 
 from .allocation import Allocation, SearchSpace, StageOption, TrialResult
+from .replay import ReplayObjective, ReplayTable, optimum_set
 from .run import GraphResult, StageOutput, compile_graph, run_graph
+from .search import METHODS, SearchResult, search
 from .solving import resume_graph, solve_graph
 from .spec import GraphSpec, StageChoice, StageSpec, load_graph
 
@@ -15,6 +17,10 @@ __all__ = [
     "Allocation",
     "GraphResult",
     "GraphSpec",
+    "METHODS",
+    "ReplayObjective",
+    "ReplayTable",
+    "SearchResult",
     "SearchSpace",
     "StageChoice",
     "StageOption",
@@ -23,7 +29,9 @@ __all__ = [
     "TrialResult",
     "compile_graph",
     "load_graph",
+    "optimum_set",
     "resume_graph",
     "run_graph",
+    "search",
     "solve_graph",
 ]

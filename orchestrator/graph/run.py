@@ -15,6 +15,7 @@ marginal gain per token from the allocation table).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from typing import Annotated, Any, Literal, TypedDict
 from pydantic import BaseModel, Field
 
 from ttc.backends.errors import BadInputError
+from ttc.backends.types import Usage
 from ttc.core.budget import Budget, Ledger
 from ttc.core.contracts import ModelPool, SolveContext
 from ttc.strategies.registry import get_strategy
@@ -114,7 +116,7 @@ def _share(policy: Policy, stage: str, pending: list[str], weights: dict[str, fl
 
 def compile_graph(orc, graph: GraphSpec, allocation: Allocation, ledger: Ledger, tracer, *,
                   policy: Policy = "static", weights: dict[str, float] | None = None, checkpointer=None,
-                  on_stage=None):
+                  on_stage=None, cache: dict | None = None):
     """The LangGraph ``StateGraph`` of ``graph`` under ``allocation``, compiled.
 
     Args:
@@ -125,6 +127,8 @@ def compile_graph(orc, graph: GraphSpec, allocation: Allocation, ledger: Ledger,
         policy, weights: Run-time reallocation (see the module docstring).
         checkpointer: A LangGraph checkpointer (None: no resume).
         on_stage: Called as ``on_stage(stage, output)`` after a stage finishes.
+        cache: Stage results by (stage, option, input, carry), shared across calls: seeded
+            runs repeat, so a stage seen before is not run again (allocation search).
     """
     from langgraph.graph import END, START, StateGraph
 
@@ -151,7 +155,16 @@ def compile_graph(orc, graph: GraphSpec, allocation: Allocation, ledger: Ledger,
                 carry = max(0, int(pool * _share(policy, name, pending, weights))) if pending else 0
             make_input = spec.input_fn()
             stage_problem = make_input(state["problem"], upstream) if make_input else state["problem"]
-            out, left = _run_stage(orc, spec, allocation, stage_problem, upstream, ledger, tracer, carry)
+            key = None
+            if cache is not None and spec.task is not None:
+                key = (name, allocation.stages[name].model_dump_json(), json.dumps(stage_problem, sort_keys=True), carry)
+            if key is not None and key in cache:
+                out, left = cache[key]
+                ledger.settle(None, Usage(prompt_tokens=out.tokens), samples=0)  # it was spent once
+            else:
+                out, left = _run_stage(orc, spec, allocation, stage_problem, upstream, ledger, tracer, carry)
+                if key is not None:
+                    cache[key] = (out, left)
             if on_stage is not None:
                 on_stage(name, out)
             update: dict[str, Any] = {"outputs": {name: out.model_dump(mode="json")}, "left": {name: left}}
@@ -215,7 +228,7 @@ def _run_stage(orc, spec, allocation: Allocation, problem: dict, upstream: dict,
 def run_graph(orc, graph: GraphSpec, problem: dict, allocation: Allocation, *, policy: Policy = "static",
               weights: dict[str, float] | None = None, budget_tokens: int | None = None, tracer,
               checkpointer=None, thread_id: str | None = None, resume: bool = False, spent_before: int = 0,
-              on_stage=None) -> GraphResult:
+              on_stage=None, cache: dict | None = None) -> GraphResult:
     """Runs ``graph`` on one problem under ``allocation`` (see :func:`compile_graph`).
 
     Args:
@@ -234,11 +247,9 @@ def run_graph(orc, graph: GraphSpec, problem: dict, allocation: Allocation, *, p
     total = budget_tokens or allocation.budget_tokens
     ledger = Ledger(Budget(tokens=total))
     if spent_before:
-        from ttc.backends.types import Usage
-
         ledger.settle(None, Usage(prompt_tokens=spent_before), samples=0)
     compiled = compile_graph(orc, graph, allocation, ledger, tracer, policy=policy, weights=weights,
-                             checkpointer=checkpointer, on_stage=on_stage)
+                             checkpointer=checkpointer, on_stage=on_stage, cache=cache)
     config = {"configurable": {"thread_id": thread_id}} if checkpointer is not None else None
     done_before: list[str] = []
     if resume:

@@ -1,0 +1,75 @@
+"""`ttc allocate` and `ttc graph solve|resume` as a user runs them, on the shipped models."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import pytest
+
+from ttc.orchestrator.cli import main
+from ttc.orchestrator.graph.builtin import make_problems
+
+
+def _ttc(*args):
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = exc.code or 0
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("alloc")
+    db, path = f"sqlite:///{tmp / 'a.db'}", tmp / "alloc.json"
+    code, out, err = _ttc("allocate", "plan-solve", "--train-size", "2", "--trials", "3", "--method", "random",
+                          "--out", str(path), "--db", db, "--json")
+    assert code == 0, err
+    return json.loads(out), path, db
+
+
+def test_allocate_writes_an_allocation_file_naming_graph_and_digests(searched):
+    body, path, _ = searched
+    assert body["trials"] == 3 and body["graph"] == "plan-solve" and set(body["allocation"]["stages"]) == {
+        "sudoku", "plan", "solve"}
+    assert 0.0 <= body["score"] <= 1.0 and body["cost"] > 0 and len(body["score_ci95"]) == 2
+    on_disk = json.loads(path.read_text())
+    assert on_disk["checkpoint_digests"]["countdown-direct"] and on_disk["allocation"] == body["allocation"]
+
+
+def test_graph_solve_runs_the_allocation_file(searched, tmp_path):
+    _, path, db = searched
+    problem = json.dumps(make_problems(1, split="test")[0])
+    code, out, err = _ttc("graph", "solve", "plan-solve", "--problem", problem, "--allocation", str(path),
+                          "--db", db, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    alloc = json.loads(path.read_text())["allocation"]["stages"]
+    assert {s: o["model"] for s, o in result["outputs"].items()} == {s: o["model"] for s, o in alloc.items()}
+    assert result["tokens"] <= result["budget_tokens"] == sum(o["budget_tokens"] for o in alloc.values())
+
+
+def test_allocation_file_for_other_checkpoints_or_graph_is_bad_input(searched, tmp_path):
+    _, path, db = searched
+    body = json.loads(path.read_text())
+    body["checkpoint_digests"]["countdown-direct"] = "0" * 64
+    stale = tmp_path / "stale.json"
+    stale.write_text(json.dumps(body))
+    problem = json.dumps(make_problems(1)[0])
+    code, out, err = _ttc("graph", "solve", "plan-solve", "--problem", problem, "--allocation", str(stale),
+                          "--db", db, "--json")
+    assert code == 2 and "other checkpoints of countdown-direct" in json.loads(out)["error"]["message"]
+    body["graph"] = "another"
+    stale.write_text(json.dumps(body))
+    code, out, _ = _ttc("graph", "solve", "plan-solve", "--problem", problem, "--allocation", str(stale), "--json")
+    assert code == 2 and "for graph 'another'" in json.loads(out)["error"]["message"]
+
+
+def test_unknown_graph_and_method_are_bad_input():
+    assert _ttc("allocate", "nope", "--json")[0] == 2
+    assert _ttc("allocate", "plan-solve", "--method", "annealing", "--json")[0] == 2
