@@ -7,7 +7,7 @@ fast and self-contained, and nothing else changes:
 - the trace store is a temporary SQLite file (``TTC_DB``, and ``sqlite:///ttc.db`` in Python);
 - ``--base-url http://localhost:8000/v1`` points at a loopback fake OpenAI-compatible server;
 - training runs 2 steps instead of 10 minutes, ``models eval`` 3 problems instead of 200,
-  and checkpoints go to a temporary directory;
+  and checkpoints and allocation files go to a temporary directory;
 - the install blocks (``python3 -m venv ...``) are what CI runs itself; benches (``--quick``)
   run only in the slow test.
 """
@@ -47,6 +47,7 @@ def _prepare(body: str, tmp_path: Path, url: str) -> str:
     body = body.replace("source .venv/bin/activate", f'export PATH="{venv_bin}:$PATH"')
     body = body.replace("http://localhost:8000/v1", url)
     body = body.replace("--minutes 10", "--steps 2").replace("--limit 200", "--limit 3")
+    body = body.replace("plan-solve-allocation.json", str(tmp_path / "plan-solve-allocation.json"))
     return body.replace("--out runs/small", f"--out {tmp_path / 'small'}")
 
 
