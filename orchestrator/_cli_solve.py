@@ -89,8 +89,10 @@ def _common(task, strategy, temperature, seed, n, max_tokens, param, budget_toke
 
 @with_remote_options
 def solve(
-    task: Annotated[str, typer.Option("--task", help="Task family, e.g. countdown.")],
-    problem: Annotated[str, typer.Option("--problem", help='Inline JSON or @file.json, e.g. {"numbers": [3, 5, 7], "target": 22}.')],
+    task: Annotated[str | None, typer.Option("--task", help="Task family, e.g. countdown.")] = None,
+    problem: Annotated[str | None, typer.Option("--problem", help='Inline JSON or @file.json, e.g. {"numbers": [3, 5, 7], "target": 22}.')] = None,
+    graph: Annotated[str | None, typer.Option("--graph", help="Solve with a task graph (built-in name or file) instead of a task.")] = None,
+    allocation: Annotated[Path | None, typer.Option("--allocation", help="With --graph: an allocation file from `ttc allocate`.")] = None,
     strategy: StrategyOpt = "sample",
     model: ModelOpt = None,
     role: RoleOpt = None,
@@ -106,7 +108,19 @@ def solve(
     db: DbOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Solve one problem with a strategy and a model; the run lands in the trace store."""
+    """Solve one problem with a strategy and a model (or a task graph with an allocation); the run lands in the trace store."""
+    if problem is None:
+        raise BadInputError("give --problem (inline JSON or @file.json)")
+    if graph is not None or allocation is not None:
+        if graph is None or task is not None:
+            raise BadInputError("--allocation goes with --graph (and no --task): "
+                                "ttc solve --graph GRAPH --allocation FILE --problem JSON")
+        from ._cli_graph import graph_solve
+
+        return graph_solve.__wrapped__(graph, problem, allocation, device=device, remote=remote, db=db,
+                                       json_out=json_out)
+    if task is None:
+        raise BadInputError("give --task (or --graph with --allocation)")
     params, budget, models = _common(task, strategy, temperature, seed, n, max_tokens, param, budget_tokens, role)
     obj = read_problem(problem)
     # Loading a model and a tree search take seconds; the spinner is on stderr and leaves no line behind.

@@ -73,3 +73,14 @@ def test_allocation_file_for_other_checkpoints_or_graph_is_bad_input(searched, t
 def test_unknown_graph_and_method_are_bad_input():
     assert _ttc("allocate", "nope", "--json")[0] == 2
     assert _ttc("allocate", "plan-solve", "--method", "annealing", "--json")[0] == 2
+
+
+def test_ttc_solve_takes_an_allocation_file_for_a_graph(searched):
+    _, path, db = searched
+    problem = json.dumps(make_problems(1, split="test")[0])
+    code, out, err = _ttc("solve", "--graph", "plan-solve", "--allocation", str(path), "--problem", problem,
+                          "--db", db, "--json")
+    assert code == 0, err
+    assert set(json.loads(out)["outputs"]) == {"sudoku", "plan", "solve"}
+    code, out, _ = _ttc("solve", "--task", "countdown", "--allocation", str(path), "--problem", problem, "--json")
+    assert code == 2 and "--allocation goes with --graph" in json.loads(out)["error"]["message"]
