@@ -128,7 +128,9 @@ def sample_rounds(
 
 def answer_key(ctx: SolveContext, cand: Candidate) -> str | None:
     """The key under which votes for the same answer are pooled (None: no answer parsed)."""
-    return ctx.verifier.canonical(ctx.problem, cand.text)
+    canonical = getattr(ctx.verifier, "canonical", None)
+    # A plug-in verifier without canonical forms votes on the answers it parsed.
+    return canonical(ctx.problem, cand.text) if canonical is not None else cand.answer
 
 
 def finish(name: str, rounds: Rounds, chosen: Candidate | None, span: Span) -> Result:
