@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import time
 
-from ttc.orchestrator.bench.common import bench_header, wilson_ci95, write_result
+from ttc.core.metrics import wilson_ci95
+from ttc.orchestrator.bench.common import bench_header, write_result
 
 
 def test_header_carries_the_contract_fields_and_wall_time(tmp_path):

@@ -14,17 +14,15 @@
 from __future__ import annotations
 
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from ttc.backends.types import SamplingParams
 from ttc.core.budget import Budget
 from ttc.core.metrics import mean_pass_at_k
 
-from .common import bench_header, write_result
+from .common import bench_header, one_draw, write_result
 
 __all__ = ["run_auto_bench"]
 
@@ -37,13 +35,7 @@ def _key(problem: dict) -> str:
 
 def _bon_curve(task, backend, problems, n_max: int) -> list[dict]:
     """Best-of-n accuracy and tokens for n = 1 ... n_max from one draw per problem."""
-    params = SamplingParams(n=n_max, temperature=0.7, seed=SEED + 77, max_tokens=task.max_tokens(None, "direct"),
-                            stop=tuple(task.stop))
-    gens = backend.generate([task.prompt(p) for p in problems], params)
-    correct = [sum(bool(task.verifier.verify(p, c.text).correct) for c in g.completions)
-               for p, g in zip(problems, gens)]
-    prompt = statistics.fmean(g.prompt_tokens for g in gens)
-    per = statistics.fmean(c.completion_tokens for g in gens for c in g.completions)
+    correct, prompt, per = one_draw(task, backend, problems, n_max, seed=SEED + 77)
     out = []
     for n in range(1, n_max + 1):
         acc = mean_pass_at_k(correct, n_max, n)

@@ -4,16 +4,30 @@ from __future__ import annotations
 
 import json
 import platform
+import statistics
 import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-# Re-exported for callers that still import it from here; its home is ttc.core.metrics.
-from ttc.core.metrics import wilson_ci95
+__all__ = ["bench_header", "git_commit", "one_draw", "write_result"]
 
-__all__ = ["bench_header", "git_commit", "wilson_ci95", "write_result"]
+
+def one_draw(task, backend, problems: list[dict], n: int, seed: int) -> tuple[list[int], float, float]:
+    """``n`` direct samples per problem in one shared-prefix call each (T = 0.7): the verified
+    count per problem, the mean prompt tokens and the mean tokens of one sample; what the
+    unbiased pass@n curves of the benches are read from."""
+    from ttc.backends.types import SamplingParams
+
+    params = SamplingParams(n=n, temperature=0.7, seed=seed, max_tokens=task.max_tokens(None, "direct"),
+                            stop=tuple(task.stop))
+    gens = backend.generate([task.prompt(p) for p in problems], params)
+    correct = [sum(bool(task.verifier.verify(p, c.text).correct) for c in g.completions)
+               for p, g in zip(problems, gens)]
+    prompt = statistics.fmean(g.prompt_tokens for g in gens)
+    per = statistics.fmean(c.completion_tokens for g in gens for c in g.completions)
+    return correct, prompt, per
 
 
 def git_commit() -> str | None:

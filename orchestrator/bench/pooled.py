@@ -20,11 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ttc.backends.types import SamplingParams
 from ttc.core.budget import Budget
 from ttc.core.metrics import bootstrap_ci95, pass_at_k_per_problem
 
-from .common import bench_header, write_result
+from .common import bench_header, one_draw, write_result
 
 __all__ = ["run_pooled_bench"]
 
@@ -33,13 +32,7 @@ DRAW = 64  # samples per problem in the one-draw curve
 
 
 def _curve_at(task, backend, problems, budget_tokens: int) -> dict[str, Any]:
-    params = SamplingParams(n=DRAW, temperature=0.7, seed=SEED + 77, max_tokens=task.max_tokens(None, "direct"),
-                            stop=tuple(task.stop))
-    gens = backend.generate([task.prompt(p) for p in problems], params)
-    correct = [sum(bool(task.verifier.verify(p, c.text).correct) for c in g.completions)
-               for p, g in zip(problems, gens)]
-    prompt = statistics.fmean(g.prompt_tokens for g in gens)
-    per = statistics.fmean(c.completion_tokens for g in gens for c in g.completions)
+    correct, prompt, per = one_draw(task, backend, problems, DRAW, seed=SEED + 77)
     n_float = (budget_tokens - prompt) / per
     lo_n, hi_n = max(1, int(n_float)), min(DRAW, int(n_float) + 1)
     w = n_float - lo_n if hi_n > lo_n else 0.0
