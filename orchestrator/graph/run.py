@@ -202,8 +202,7 @@ def _run_stage(orc, spec, allocation: Allocation, problem: dict, upstream: dict,
     option = allocation.stages[spec.name]
     task = get_task(spec.task)
     parsed = task.parse_problem(problem)
-    choice = next((c for c in spec.options if c.model == option.model and c.strategy == option.strategy), None)
-    base_url = choice.base_url if choice is not None else None
+    base_url = spec.base_url_of(option)
     strategy = get_strategy(option.strategy)
     strategy.check_params(option.params)
     pool = orc.models(spec.task, option.model, base_url=base_url)
@@ -241,9 +240,7 @@ def run_graph(orc, graph: GraphSpec, problem: dict, allocation: Allocation, *, p
     graph.check_allocation(allocation)
     # Models load here, in this thread, before the stages run in LangGraph's worker threads.
     for name, option in allocation.stages.items():
-        spec = graph.stage(name)
-        choice = next((c for c in spec.options if c.model == option.model and c.strategy == option.strategy), None)
-        orc.backend(option.model, base_url=choice.base_url if choice else None)
+        orc.backend(option.model, base_url=graph.stage(name).base_url_of(option))
     total = budget_tokens or allocation.budget_tokens
     ledger = Ledger(Budget(tokens=total))
     if spent_before:

@@ -137,6 +137,11 @@ class StageSpec(BaseModel):
     def run_fn(self) -> Callable | None:
         return resolve_callable(self.run)
 
+    def base_url_of(self, option: StageOption) -> str | None:
+        """Where the option's model is served (None: in-process), as its choice declares."""
+        choice = next((c for c in self.options if c.model == option.model and c.strategy == option.strategy), None)
+        return choice.base_url if choice is not None else None
+
     def all_options(self) -> list[StageOption]:
         return [o for choice in self.options for o in choice.options()]
 
