@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,12 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_random_exponential,
+)
 
 __all__ = [
     "DEFAULT_DB_URL",
@@ -160,6 +167,27 @@ def translate_errors(where: URL | Engine) -> Iterator[None]:
         raise StoreError(f"database at {describe_location(where)}: {_one_line(exc)}") from exc
 
 
+def _is_locked(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+
+def _switch_to_wal(cursor: sqlite3.Cursor, busy_timeout_s: float) -> None:
+    # SQLite answers SQLITE_BUSY here without calling the busy handler while another
+    # connection switches the file to WAL or, closing last, cleans the WAL up
+    # (sqlite.org/wal.html, "Sometimes queries return SQLITE_BUSY"): retry instead.
+    retrying = Retrying(
+        retry=retry_if_exception(_is_locked),
+        wait=wait_random_exponential(multiplier=0.005, max=0.25),
+        stop=stop_after_delay(busy_timeout_s),
+        reraise=True,
+    )
+    for attempt in retrying:
+        with attempt:
+            mode = cursor.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode = WAL")
+
+
 def _sqlite_engine(url: URL, busy_timeout_s: float) -> Engine:
     kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
     if url.database in (None, "", ":memory:"):
@@ -175,7 +203,7 @@ def _sqlite_engine(url: URL, busy_timeout_s: float) -> Engine:
         cursor = dbapi_connection.cursor()
         # busy_timeout first: switching to WAL itself needs a lock.
         cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _switch_to_wal(cursor, busy_timeout_s)
         # In WAL mode NORMAL skips the fsync per commit yet survives any crash of the
         # process (SIGKILL included): only an OS crash or power loss can lose the last
         # commits. Two commits per solve made FULL's fsyncs a visible share of a run.
