@@ -12,12 +12,19 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
 from ttc.backends.errors import BadInputError
 
-from ._cli_common import DbOption, JsonOption, emit_json, esc, make_table, stderr, stdout
+from ._cli_common import (
+    DbOption,
+    JsonOption,
+    emit_json,
+    esc,
+    make_table,
+    stderr,
+    stdout,
+)
 
-__all__ = ["bench_app", "bench_out_dir", "RESULTS_DIR", "QUICK_RESULTS_DIR"]
+__all__ = ["QUICK_RESULTS_DIR", "RESULTS_DIR", "bench_app", "bench_out_dir"]
 
 RESULTS_DIR = Path("bench/results")
 QUICK_RESULTS_DIR = RESULTS_DIR / "quick"
@@ -230,3 +237,47 @@ def bench_pooled(
     stdout.print(table)
     stdout.print(f"pooled within the curve's interval: {r['pooled_within_curve_ci']}; "
                  f"written to {esc(r['files']['json'])}")
+
+
+@bench_app.command("allocation")
+def bench_allocation(
+    quick: Annotated[bool, typer.Option("--quick", help="12 train and 12 test problems instead of 200 and 100.")] = False,
+    table: Annotated[list[Path] | None, typer.Option("--table", help="Replay a recorded table (JSON lines) "
+                                                     "instead of recording it; repeatable.")] = None,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Searches per method and table.")] = 10,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Worker processes running the graphs.")] = 2,
+    db: DbOption = None,
+    out_dir: OutOpt = None,
+    force: ForceOpt = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Allocation search (AgentTTS): trials to the optimum for planner, random, grid and tpe."""
+    out_dir = bench_out_dir(out_dir, quick=quick, name="allocation", force=force)
+    for path in table or []:
+        if not path.is_file():
+            raise BadInputError(f"--table {path}: no such file")
+    from .bench.allocation import run_allocation_bench
+
+    with _running("allocation"):
+        r = run_allocation_bench(quick=quick, tables=table or None, seeds=seeds, workers=workers, db=db,
+                                 out_dir=out_dir, progress=stderr)
+    if json_out:
+        emit_json(r)
+        return
+    for t in r["tables"]:
+        view = make_table("method", "trials to optimum (median)", "reached", "test score", "95% CI",
+                          title=f"{esc(t['name'])}: {t['n_allocations']} allocations, {t['n_optimal']} optimal, "
+                                f"{r['seeds']} seeds, cap {r['trial_cap']}")
+        for m in ("planner", "random", "grid", "tpe"):
+            lo, hi = t["test_score_ci95"][m]
+            view.add_row(m, f"{t['trials_to_optimum'][m]:g}", f"{t['reached_fraction'][m]:.0%}",
+                         f"{t['test_score'][m]:.1%}", f"{lo:.1%}-{hi:.1%}")
+        view.add_row("default", "-", "-", f"{t['default_test_score']:.1%}", "-")
+        stdout.print(view)
+    if r["reallocation"]:
+        view = make_table("policy", "accuracy", "95% CI", "mean spend", title="run-time reallocation (plan-solve)")
+        for p in ("static", "carry", "carry_weighted"):
+            row = r["reallocation"][p]
+            view.add_row(p, f"{row['accuracy']:.1%}", f"{row['ci95'][0]:.1%}-{row['ci95'][1]:.1%}", f"{row['spend']:.0f}")
+        stdout.print(view)
+    stdout.print(f"written to {esc(r['files']['json'])}")

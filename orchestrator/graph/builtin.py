@@ -13,6 +13,12 @@ Three stages, scored end to end on two of them:
 
 The problem is ``{"id", "countdown": {...}, "sudoku": {...}}``; the score is the mean of
 ``sudoku`` and ``solve`` being right.
+
+A second pipeline, ``sudoku-countdown``, takes the same problems another way: the Sudoku and
+the CountDown problem as two independent stages (no hint, so no interaction), with finer
+budget grids and majority voting as a further CountDown strategy. The rule-based planner
+was written against ``plan-solve``; this one is where its rules are tested on a pipeline
+they were not tuned on.
 """
 
 from __future__ import annotations
@@ -21,8 +27,16 @@ import re
 
 from .spec import GraphSpec, StageChoice, StageSpec
 
-__all__ = ["BUILTIN_GRAPHS", "PLAN_SOLVE", "countdown_problem", "countdown_with_hint", "sudoku_problem", "make_problems",
-           "first_step"]
+__all__ = [
+    "BUILTIN_GRAPHS",
+    "PLAN_SOLVE",
+    "SUDOKU_COUNTDOWN",
+    "countdown_problem",
+    "countdown_with_hint",
+    "first_step",
+    "make_problems",
+    "sudoku_problem",
+]
 
 _STEP = re.compile(r"^\s*(\d+)\s*([-+*/])\s*(\d+)\s*=\s*(\d+)")
 
@@ -68,7 +82,24 @@ PLAN_SOLVE = GraphSpec(
 )
 
 
-BUILTIN_GRAPHS = {PLAN_SOLVE.name: PLAN_SOLVE}
+SUDOKU_COUNTDOWN = GraphSpec(
+    name="sudoku-countdown",
+    description="A Sudoku and a CountDown problem as two independent stages, on finer budget grids",
+    score=["sudoku", "countdown"],
+    stages=[
+        StageSpec(name="sudoku", task="sudoku", input=sudoku_problem, options=[
+            StageChoice(model="sudoku-direct", strategy="best_of_n", budgets=[64, 128, 256, 512, 1024]),
+            StageChoice(model="sudoku-search", strategy="sequential", budgets=[256, 512, 768, 1024]),
+        ]),
+        StageSpec(name="countdown", task="countdown", input=countdown_problem, options=[
+            StageChoice(model="countdown-direct", strategy="best_of_n", budgets=[48, 96, 192, 384, 768]),
+            StageChoice(model="countdown-direct", strategy="majority_vote", budgets=[192, 384, 768]),
+            StageChoice(model="countdown-search", strategy="sequential", budgets=[256, 512, 768, 1024]),
+        ]),
+    ],
+)
+
+BUILTIN_GRAPHS = {PLAN_SOLVE.name: PLAN_SOLVE, SUDOKU_COUNTDOWN.name: SUDOKU_COUNTDOWN}
 
 
 def make_problems(n: int, seed: int = 0, split: str = "test") -> list[dict]:

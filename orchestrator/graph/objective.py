@@ -1,7 +1,7 @@
 """What an allocation is worth: the graph run on a train split, and the allocation file.
 
 ``GraphObjective`` scores an allocation by running the graph on every train problem.
-Stage results are cached by (stage, option, the stage's own input, carry): every run is
+Stage results are cached by (task, option, the stage's own input, carry): every run is
 seeded, so a stage whose model, strategy, budget and input were seen before would
 produce the same result, and allocations that share upstream choices share their runs.
 Every trial is a span of the search's run in the trace store (allocation, per-stage
@@ -31,7 +31,7 @@ from .allocation import Allocation, SearchSpace, StageOption, TrialResult
 from .run import run_graph
 from .spec import GraphSpec
 
-__all__ = ["GraphObjective", "graph_space", "write_allocation", "read_allocation"]
+__all__ = ["GraphObjective", "graph_space", "read_allocation", "write_allocation"]
 
 
 def _models(graph: GraphSpec) -> dict[str, str | None]:
@@ -69,13 +69,15 @@ class GraphObjective:
         space: Its search space (for costs).
         tracer: The search run's tracer (each trial is a span); None records nothing.
         policy: Run-time reallocation policy used while scoring.
+        cache: A stage cache to share with other objectives (e.g. another graph over the
+            same problems); a new one by default.
     """
 
     def __init__(self, orc, graph: GraphSpec, problems: list[dict], space: SearchSpace, tracer=None,
-                 policy: str = "static"):
+                 policy: str = "static", cache: dict[tuple, Any] | None = None):
         self.orc, self.graph, self.problems, self.space = orc, graph, problems, space
         self.tracer, self.policy = tracer, policy
-        self.cache: dict[tuple, Any] = {}
+        self.cache: dict[tuple, Any] = {} if cache is None else cache
         self.calls = 0
 
     def __call__(self, allocation: Allocation) -> TrialResult:

@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from typing import Annotated, Any, Literal, TypedDict
 
 from pydantic import BaseModel, Field
-
 from ttc.backends.errors import BadInputError
 from ttc.backends.types import Usage
 from ttc.core.budget import Budget, Ledger
@@ -33,7 +32,7 @@ from ttc.tasks.registry import get_task
 from .allocation import Allocation
 from .spec import GraphSpec
 
-__all__ = ["GraphResult", "StageOutput", "Policy", "checkpointer_for", "compile_graph", "run_graph"]
+__all__ = ["GraphResult", "Policy", "StageOutput", "checkpointer_for", "compile_graph", "run_graph"]
 
 Policy = Literal["static", "carry", "carry_weighted"]
 
@@ -127,7 +126,7 @@ def compile_graph(orc, graph: GraphSpec, allocation: Allocation, ledger: Ledger,
         policy, weights: Run-time reallocation (see the module docstring).
         checkpointer: A LangGraph checkpointer (None: no resume).
         on_stage: Called as ``on_stage(stage, output)`` after a stage finishes.
-        cache: Stage results by (stage, option, input, carry), shared across calls: seeded
+        cache: Stage results by (task, option, input, carry), shared across calls: seeded
             runs repeat, so a stage seen before is not run again (allocation search).
     """
     from langgraph.graph import END, START, StateGraph
@@ -157,9 +156,13 @@ def compile_graph(orc, graph: GraphSpec, allocation: Allocation, ledger: Ledger,
             stage_problem = make_input(state["problem"], upstream) if make_input else state["problem"]
             key = None
             if cache is not None and spec.task is not None:
-                key = (name, allocation.stages[name].model_dump_json(), json.dumps(stage_problem, sort_keys=True), carry)
+                # Keyed by task, not stage name: seeded runs of one task, option and input are
+                # the same run in whichever stage (or graph) they appear.
+                key = (spec.task, allocation.stages[name].model_dump_json(), json.dumps(stage_problem, sort_keys=True),
+                       carry)
             if key is not None and key in cache:
                 out, left = cache[key]
+                out = out.model_copy(update={"stage": name})
                 ledger.settle(None, Usage(prompt_tokens=out.tokens), samples=0)  # it was spent once
             else:
                 out, left = _run_stage(orc, spec, allocation, stage_problem, upstream, ledger, tracer, carry)
