@@ -1,5 +1,6 @@
-"""``ttc tasks list``, ``ttc strategies list`` and ``ttc verify answer``: what is registered
-(built-ins and plug-ins alike) and checking one answer with a task's verifier."""
+"""``ttc tasks list``, ``ttc strategies list``, ``ttc verify answer`` and ``ttc verify code``:
+what is registered (built-ins and plug-ins alike), checking one answer with a task's
+verifier, and running a program against tests in the code sandbox."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ tasks_app = typer.Typer(help="Task families: built-in and installed plug-ins (en
                         no_args_is_help=True)
 strategies_app = typer.Typer(help="Strategies: built-in and installed plug-ins (entry points ttc.strategies).",
                              no_args_is_help=True)
-verify_app = typer.Typer(help="Check answers with a task's verifier.", no_args_is_help=True)
+verify_app = typer.Typer(help="Check answers with a task's verifier, or code against tests in the sandbox.", no_args_is_help=True)
 
 
 def _warn_broken(registry) -> None:
@@ -89,3 +90,37 @@ def verify_answer(
     mark = {True: "[green]correct[/]", False: "[red]wrong[/]", None: "[yellow]undecided[/]"}[verdict.correct]
     stdout.print(f"{mark}: {esc(verdict.reason)}")
     stdout.print(f"answer: {esc(verdict.answer)}   canonical: {esc(canonical)}")
+
+
+@verify_app.command("code")
+def verify_code(
+    program: Annotated[str, typer.Argument(help="The candidate program, a Python file (untrusted).")],
+    tests: Annotated[str, typer.Option("--tests", help="Python file run after the program in the same namespace.")],
+    timeout: Annotated[float, typer.Option("--timeout", help="Wall-clock and CPU-time limit in seconds.")] = 10.0,
+    json_out: JsonOption = False,
+) -> None:
+    """Run PROGRAM then the tests as one script in the sandbox (namespaces, cgroups, no network).
+
+    Passed when the whole script runs to its end. Exit 0 whenever a verdict is returned
+    (passed or not), 2 for bad input, 1 when the sandbox cannot isolate the run (it refuses
+    to run code unconfined) or fails itself.
+    """
+    import math
+
+    from ttc.verifiers.code import run_code_tests
+
+    if not math.isfinite(timeout) or not 0 < timeout <= 600:
+        raise BadInputError(f"--timeout must be in (0, 600] seconds, got {timeout:g}")
+    program_text = read_text_arg("@" + program, "program")
+    tests_text = read_text_arg("@" + tests, "tests")
+    result = run_code_tests(program_text, tests_text, timeout=timeout)
+    out = {"passed": result.passed, "correct": result.passed, "status": result.status, "reason": result.reason,
+           "output": result.output, "output_truncated": result.output_truncated,
+           "wall_seconds": result.wall_seconds, "isolation": result.isolation}
+    if json_out:
+        emit_json(out)
+        return
+    mark = "[green]passed[/]" if result.passed else f"[red]{esc(result.status)}[/]"
+    stdout.print(f"{mark}: {esc(result.reason)}")
+    if result.output:
+        stdout.print(esc(result.output.rstrip("\n")) + (" [dim](output truncated)[/]" if result.output_truncated else ""))

@@ -66,7 +66,8 @@ def _adapt(name: str, obj: Any) -> Task:
     return task
 
 
-TASKS: Registry[Task] = Registry("task", "ttc.tasks", ("ttc.tasks.countdown", "ttc.tasks.sudoku"), _adapt)
+TASKS: Registry[Task] = Registry("task", "ttc.tasks", ("ttc.tasks.countdown", "ttc.tasks.sudoku", "ttc.tasks.humaneval"),
+                                 _adapt)
 
 
 def register_task(obj: T) -> T:
