@@ -156,3 +156,36 @@ def test_builtin_pipeline_on_real_models(tmp_path):
         assert all(r.outputs[s].tokens <= alloc.stages[s].budget_tokens for s in alloc.stages)
         hint = r.outputs["solve"].problem.get("hint")
         assert hint is None or hint == r.outputs["plan"].answer.split(":")[0].split(",")[0]
+
+
+def count_items(ctx, inputs):
+    CALLS.append("report")
+    return len(inputs["many"])
+
+
+def several(problem, upstream):
+    """A fan-out stage's input: one CountDown problem per item."""
+    return [problem["cd"], {**problem["cd"], "target": 8}, {**problem["cd"], "target": 15}]
+
+
+def test_fan_out_sends_each_item_with_a_share_of_the_stage_budget(orc):
+    orc._backends[("scripted-a", None)] = ScriptedBackend([RIGHT], name="scripted-a")
+    opts = [StageChoice(model="scripted-a", strategy="best_of_n", budgets=[120, 300])]
+    graph = GraphSpec(name="fan", score=["many"], stages=[
+        StageSpec(name="plan", task="countdown", input=first, options=opts),
+        StageSpec(name="many", task="countdown", input=several, after=["plan"], options=opts, fan_out=True),
+        StageSpec(name="report", run=count_items, after=["plan", "many"]),
+    ])
+    alloc = Allocation(stages={"plan": StageOption(model="scripted-a", budget_tokens=120),
+                               "many": StageOption(model="scripted-a", budget_tokens=300)})
+    result = solve_graph(orc, graph, {"cd": CD}, alloc)
+    many = result.outputs["many"]
+    assert len(many.answer) == 3 and [p["target"] for p in many.problem["items"]] == [22, 8, 15]
+    assert many.correct is False and many.answer[0] == RIGHT.rstrip(".")  # RIGHT reaches 22 only
+    assert 0 < many.tokens <= 300 and result.tokens <= result.budget_tokens
+    spans = [s for s in orc.get_run(result.trace_id).spans if s.kind == "stage"]
+    item_budgets = [s.attributes.get("ttc.stage.budget") for s in spans if s.name == "many"]
+    assert item_budgets == [100, 100, 100]  # one Send per item, each with a third of the stage budget
+    assert CALLS.count("report") == 1 and result.outputs["report"].answer == 3  # joined once, after every item
+    with pytest.raises(ValueError, match="fan_out needs a task stage"):
+        StageSpec(name="x", run=report, fan_out=True)

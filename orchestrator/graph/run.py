@@ -5,7 +5,10 @@ and a checkpointer on the trace store's own database, so an interrupted graph ru
 without re-running finished stages (``thread_id`` = the run id). Each task stage runs its
 allocated strategy in a child of the run's ledger: the stage's budget is its own limit and
 the graph's total is never exceeded. A stage's n samples stay one batched core call inside
-the strategy, so shared-prefix batching is kept.
+the strategy, so shared-prefix batching is kept. A ``fan_out`` stage is three nodes: one
+that fixes its share of carried tokens, one ``Send`` per item of its input list (run in
+parallel, each with an equal share of the stage's budget), and a join that makes them one
+stage output.
 
 Run-time reallocation (``policy``): with ``static`` each stage gets its allocation; with
 ``carry`` what finished stages left unspent is handed to the stages still to run, in
@@ -41,11 +44,23 @@ def _merge(a: dict, b: dict) -> dict:
     return {**a, **b}
 
 
+def _merge_items(a: dict, b: dict) -> dict:
+    return {k: {**a.get(k, {}), **b.get(k, {})} for k in {*a, *b}}
+
+
 class _State(TypedDict, total=False):
     problem: dict
     outputs: Annotated[dict, _merge]   # stage -> StageOutput as a dict
     left: Annotated[dict, _merge]      # stage -> tokens it left unspent of what it was given
     carried: Annotated[dict, _merge]   # stage -> tokens it received from finished stages
+    items: Annotated[dict, _merge_items]  # fan-out stage -> item index -> StageOutput as a dict
+
+
+class _Item(TypedDict):
+    stage: str
+    index: int
+    problem: dict
+    tokens: int
 
 
 class StageOutput(BaseModel):
@@ -138,61 +153,120 @@ def compile_graph(orc, graph: GraphSpec, allocation: Allocation, ledger: Ledger,
     dag = graph.dag()
     order = graph.order()
 
-    def make_node(name: str):
-        spec = graph.stage(name)
-        preds = list(dag.predecessors(name))
+    def carry_for(name: str, state: _State) -> int:
+        if policy == "static":
+            return 0
+        outputs = state.get("outputs", {})
+        started = set(outputs) | set(state.get("carried", {}))
+        pool = sum(state.get("left", {}).values()) - sum(state.get("carried", {}).values())
+        # Callable stages have no allocation to add to; leftovers go to task stages.
+        pending = [s for s in order if s not in started and graph.stage(s).task is not None]
+        return max(0, int(pool * _share(policy, name, pending, weights))) if pending else 0
 
+    def stage_input(name: str, state: _State):
+        spec = graph.stage(name)
+        outputs = state.get("outputs", {})
+        upstream = {u: outputs[u] for u in dag.predecessors(name)}
+        make_input = spec.input_fn()
+        return (make_input(state["problem"], upstream) if make_input else state["problem"]), upstream
+
+    def run_cached(name: str, option, stage_problem: dict, upstream: dict, carry: int) -> tuple[StageOutput, int]:
+        spec = graph.stage(name)
+        key = None
+        if cache is not None and spec.task is not None:
+            # Keyed by task, not stage name: seeded runs of one task, option and input are
+            # the same run in whichever stage (or graph) they appear.
+            key = (spec.task, option.model_dump_json(), json.dumps(stage_problem, sort_keys=True), carry)
+        if key is not None and key in cache:
+            out, left = cache[key]
+            ledger.settle(None, Usage(prompt_tokens=out.tokens), samples=0)  # it was spent once
+            return out.model_copy(update={"stage": name}), left
+        out, left = _run_stage(orc, spec, option, stage_problem, upstream, ledger, tracer, carry)
+        if key is not None:
+            cache[key] = (out, left)
+        return out, left
+
+    def finish(name: str, out: StageOutput, left: int, carry: int) -> dict:
+        if on_stage is not None:
+            on_stage(name, out)
+        update: dict[str, Any] = {"outputs": {name: out.model_dump(mode="json")}, "left": {name: left}}
+        if policy != "static" and not graph.stage(name).fan_out:
+            update["carried"] = {name: carry}
+        return update
+
+    def make_node(name: str):
         def node(state: _State) -> dict:
-            outputs = state.get("outputs", {})
-            upstream = {u: outputs[u] for u in preds}
-            carry = 0
-            if policy != "static":
-                started = set(outputs) | set(state.get("carried", {}))
-                pool = sum(state.get("left", {}).values()) - sum(state.get("carried", {}).values())
-                # Callable stages have no allocation to add to; leftovers go to task stages.
-                pending = [s for s in order if s not in started and graph.stage(s).task is not None]
-                carry = max(0, int(pool * _share(policy, name, pending, weights))) if pending else 0
-            make_input = spec.input_fn()
-            stage_problem = make_input(state["problem"], upstream) if make_input else state["problem"]
-            key = None
-            if cache is not None and spec.task is not None:
-                # Keyed by task, not stage name: seeded runs of one task, option and input are
-                # the same run in whichever stage (or graph) they appear.
-                key = (spec.task, allocation.stages[name].model_dump_json(), json.dumps(stage_problem, sort_keys=True),
-                       carry)
-            if key is not None and key in cache:
-                out, left = cache[key]
-                out = out.model_copy(update={"stage": name})
-                ledger.settle(None, Usage(prompt_tokens=out.tokens), samples=0)  # it was spent once
-            else:
-                out, left = _run_stage(orc, spec, allocation, stage_problem, upstream, ledger, tracer, carry)
-                if key is not None:
-                    cache[key] = (out, left)
-            if on_stage is not None:
-                on_stage(name, out)
-            update: dict[str, Any] = {"outputs": {name: out.model_dump(mode="json")}, "left": {name: left}}
-            if policy != "static":
-                update["carried"] = {name: carry}
-            return update
+            carry = carry_for(name, state)
+            stage_problem, upstream = stage_input(name, state)
+            option = allocation.stages.get(name)
+            out, left = run_cached(name, option, stage_problem, upstream, carry)
+            return finish(name, out, left, carry)
 
         return node
 
+    def make_fan(name: str):
+        # Marks the stage started (and fixes its carry) before its items are sent.
+        def fan(state: _State) -> dict:
+            return {"carried": {name: carry_for(name, state)}} if policy != "static" else {}
+
+        def route(state: _State):
+            from langgraph.types import Send
+
+            items, _ = stage_input(name, state)
+            if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+                raise BadInputError(f"fan-out stage {name!r}: its input must be a list of problems")
+            if not items:
+                return name
+            total = allocation.stages[name].budget_tokens + state.get("carried", {}).get(name, 0)
+            share = max(1, total // len(items))
+            return [Send(f"__item__{name}", {"stage": name, "index": i, "problem": p, "tokens": share})
+                    for i, p in enumerate(items)]
+
+        def item(arg: _Item) -> dict:
+            option = allocation.stages[name].model_copy(update={"budget_tokens": arg["tokens"]})
+            out, left = run_cached(name, option, arg["problem"], {}, 0)
+            return {"items": {name: {str(arg["index"]): {**out.model_dump(mode="json"), "left": left}}}}
+
+        def join(state: _State) -> dict:
+            got = [v for _, v in sorted(state.get("items", {}).get(name, {}).items(), key=lambda kv: int(kv[0]))]
+            option = allocation.stages[name]
+            verdicts = [g.get("correct") for g in got]
+            out = StageOutput(stage=name, answer=[g.get("answer") for g in got],
+                              correct=all(verdicts) if got and None not in verdicts else None,
+                              tokens=sum(g.get("tokens", 0) for g in got),
+                              granted=option.budget_tokens + state.get("carried", {}).get(name, 0),
+                              model=option.model, strategy=option.strategy,
+                              stop_reason=",".join(sorted({str(g.get("stop_reason")) for g in got})) or None,
+                              problem={"items": [g.get("problem") for g in got]})
+            return finish(name, out, sum(g.get("left", 0) for g in got), 0)
+
+        return fan, route, item, join
+
     g = StateGraph(_State)
     for name in order:
-        g.add_node(name, make_node(name))
-    for name in order:
+        entry = name
+        if graph.stage(name).fan_out:
+            fan, route, item, join = make_fan(name)
+            entry = f"__fan__{name}"
+            g.add_node(entry, fan)
+            g.add_node(f"__item__{name}", item, input_schema=_Item)
+            g.add_node(name, join)
+            g.add_conditional_edges(entry, route, [f"__item__{name}", name])
+            g.add_edge(f"__item__{name}", name)
+        else:
+            g.add_node(name, make_node(name))
         preds = list(dag.predecessors(name))
         if not preds:
-            g.add_edge(START, name)
+            g.add_edge(START, entry)
         else:
             # The list form waits for every parent (two plain edges would run the stage twice).
-            g.add_edge(preds if len(preds) > 1 else preds[0], name)
+            g.add_edge(preds if len(preds) > 1 else preds[0], entry)
         if dag.out_degree(name) == 0:
             g.add_edge(name, END)
     return g.compile(checkpointer=checkpointer)
 
 
-def _run_stage(orc, spec, allocation: Allocation, problem: dict, upstream: dict, ledger: Ledger, tracer,
+def _run_stage(orc, spec, option, problem: dict, upstream: dict, ledger: Ledger, tracer,
                carry: int) -> tuple[StageOutput, int]:
     if spec.task is None:
         ctx = SolveContext(task=None, problem=problem, verifier=None, ledger=ledger.child(),
@@ -202,7 +276,6 @@ def _run_stage(orc, spec, allocation: Allocation, problem: dict, upstream: dict,
             spent = ctx.ledger.spent.tokens
             span.set(**{"ttc.tokens": spent})
         return StageOutput(stage=spec.name, answer=value, tokens=spent), 0
-    option = allocation.stages[spec.name]
     task = get_task(spec.task)
     parsed = task.parse_problem(problem)
     base_url = spec.base_url_of(option)

@@ -45,7 +45,7 @@ from .allocation import Allocation, StageOption
 
 __all__ = ["StageChoice", "StageSpec", "GraphSpec", "load_graph", "resolve_callable"]
 
-_RESERVED = ("|", ":", "__start__", "__end__")
+_RESERVED = ("|", ":", "__start__", "__end__", "__fan__", "__item__")
 
 
 def resolve_callable(ref: str | Callable | None) -> Callable | None:
@@ -98,6 +98,9 @@ class StageSpec(BaseModel):
             graph's problem as is); ``upstream`` maps each upstream stage to its output.
         after: Upstream stages.
         options: What the allocator may choose from.
+        fan_out: ``input`` returns a list of problems, solved independently (one LangGraph
+            ``Send`` each, run in parallel) with equal shares of the stage's budget; the
+            stage's answer is the list of answers, right when every one is.
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
@@ -108,6 +111,7 @@ class StageSpec(BaseModel):
     input: Any = None
     after: list[str] = Field(default_factory=list)
     options: list[StageChoice] = Field(default_factory=list)
+    fan_out: bool = False
 
     @field_validator("name")
     @classmethod
@@ -122,6 +126,8 @@ class StageSpec(BaseModel):
             raise ValueError(f"stage {self.name!r} needs exactly one of task or run")
         if self.task is not None and not self.options:
             raise ValueError(f"stage {self.name!r} solves a task and needs options (model, strategy, budgets)")
+        if self.fan_out and self.task is None:
+            raise ValueError(f"stage {self.name!r}: fan_out needs a task stage (a callable stage can loop itself)")
         return self
 
     @field_serializer("run", "input")
