@@ -85,9 +85,6 @@ def allocate(
     json_out: JsonOption = False,
 ) -> None:
     """Search the allocation (model, strategy, budget per stage) of a task graph on a train split."""
-    from ttc.orchestrator.graph.objective import GraphObjective, graph_space, write_allocation
-    from ttc.orchestrator.graph.search import search
-
     if method not in ("planner", "random", "grid", "tpe"):
         raise BadInputError(f"unknown --method {method!r}; valid: grid, planner, random, tpe")
     g = resolve_graph(graph)
@@ -95,24 +92,15 @@ def allocate(
     if out.exists() and out.is_dir():
         raise BadInputError(f"--out {out} is a directory")
     problems = _problems(train, g, train_size, "train")
-    with open_orchestrator(db, device, remote) as orc:
-        space = graph_space(orc, g, budget)
-        if space.size() == 0:
-            raise BadInputError(f"no allocation of {g.name!r} fits --budget {budget}")
-        with orc.run("allocate", g.name, graph=g.name, method=method, trials=trials, budget=budget, seed=seed,
-                     n_train=len(problems)) as tracer, stderr.status(f"searching allocations of {esc(g.name)} ..."):
-            objective = GraphObjective(orc, g, problems, space, tracer)
-            found = search(space, objective, method=method, max_trials=trials, seed=seed)
-            best = objective(found.best)  # served from the stage cache: same seeds, same runs
-            body = write_allocation(orc, out, g, found.best, best, found.trials)
-            tracer.outcome.update(score=best.score, cost=best.cost, allocation=found.best.model_dump(mode="json"),
-                                  guidelines=list(getattr(found, "guidelines", []) or []))
-    body = {**body, "file": str(out), "method": method, "space": space.size()}
+    with open_orchestrator(db, device, remote) as orc, stderr.status(f"searching allocations of {esc(g.name)} ..."):
+        found = orc.allocate(g, problems, method=method, trials=trials, budget=budget, seed=seed, out=out)
+    best = found.pop("allocation")
+    body = {**found, "allocation": best.model_dump(mode="json"), "file": str(out)}
     if json_out:
         emit_json(body)
         return
-    table = make_table("stage", "model", "strategy", "budget", title=f"{esc(g.name)}: best of {found.trials} trials")
-    for stage, o in found.best.stages.items():
+    table = make_table("stage", "model", "strategy", "budget", title=f"{esc(g.name)}: best of {body['trials']} trials")
+    for stage, o in best.stages.items():
         table.add_row(esc(stage), esc(o.model), esc(o.strategy), str(o.budget_tokens))
     stdout.print(table)
     lo, hi = body["score_ci95"] or (body["score"], body["score"])

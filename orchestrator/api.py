@@ -18,7 +18,8 @@ import threading
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from ttc.backends.base import Backend
@@ -32,6 +33,9 @@ from ttc.store import RunDetail, RunRecord, StatsRecord, StoreError, TraceStore
 from ttc.store.engine import resolve_db_url
 from ttc.strategies.registry import StrategySpec, get_strategy
 from ttc.tasks.registry import get_task
+
+if TYPE_CHECKING:
+    from .graph import Allocation, GraphResult, GraphSpec
 
 from ._run_guard import RunInterrupted, deferred_signals, stop_on_signals
 from .durability import (
@@ -214,7 +218,7 @@ class Orchestrator:
 
     def solve(
         self,
-        task: str,
+        task: "str | GraphSpec",
         problem: dict | str,
         *,
         strategy: str = "sample",
@@ -222,12 +226,19 @@ class Orchestrator:
         models: dict[str, str | Backend] | None = None,
         budget: Budget | None = None,
         base_url: str | None = None,
+        allocation: "Allocation | str | Path | None" = None,
+        policy: str = "static",
         **params: Any,
-    ) -> Result:
+    ) -> "Result | GraphResult":
         """Solves one problem with a strategy under a budget, recorded as a run.
 
+        Given a task graph instead of a task name, runs the graph (``solve_graph``) under
+        ``allocation`` (an ``Allocation`` or an allocation file from ``allocate``; default:
+        the graph's default allocation) and reallocation ``policy``, and returns its
+        ``GraphResult``.
+
         Args:
-            task: Task name (``"countdown"``).
+            task: Task name (``"countdown"``), or a ``GraphSpec``.
             problem: The problem as a dict or a JSON string; an ``id`` is optional.
             strategy: Registry name of the strategy (``"sample"``).
             model: The policy model: backend, built-in name or checkpoint path (default:
@@ -245,6 +256,8 @@ class Orchestrator:
             BadInputError: Unknown task, strategy, parameter or role; a missing required
                 role; a malformed problem.
         """
+        if not isinstance(task, str):
+            return self._solve_graph(task, problem, allocation, policy)
         task_obj, spec = self._prepare(task, strategy, params)
         problem = _parse_problem(task_obj, problem)
         pool = self.models(task, model, models, base_url=base_url)
@@ -255,6 +268,43 @@ class Orchestrator:
             result = self._run_strategy(tracer, task_obj, spec, pool, problem, budget, params)
             tracer.outcome.update(outcome(result))
         return result
+
+    def _solve_graph(self, graph, problem, allocation, policy: str):
+        from ttc.orchestrator.graph import Allocation, solve_graph
+        from ttc.orchestrator.graph.objective import read_allocation
+
+        if isinstance(problem, str):
+            try:
+                problem = json.loads(problem)
+            except json.JSONDecodeError as exc:
+                raise BadInputError(f"problem is not valid JSON: {exc.msg}") from None
+        if allocation is None:
+            allocation = graph.default_allocation()
+        elif not isinstance(allocation, Allocation):
+            allocation = read_allocation(self, Path(allocation), graph)
+        return solve_graph(self, graph, problem, allocation, policy=policy)
+
+    def allocate(self, graph: "GraphSpec", problems: Sequence[dict], *, method: str = "planner", trials: int = 20,
+                 budget: float | None = None, seed: int = 0, out: "str | Path | None" = None) -> dict[str, Any]:
+        """Searches a task graph's allocation on train problems (AgentTTS), as a traced run.
+
+        Args:
+            graph: The graph.
+            problems: The train split.
+            method: ``planner`` (rule-based), ``random``, ``grid`` or ``tpe``.
+            trials: Distinct allocations evaluated, at most.
+            budget: Cost cap per problem in AgentTTS units (passes of the largest model).
+            seed: Seeds the method.
+            out: Allocation file to write, which ``solve(graph, ..., allocation=out)`` reads.
+
+        Returns:
+            ``allocation`` (an ``Allocation``), ``score``, ``score_ci95``, ``trials``,
+            ``cost``, ``method``, ``space`` and ``trace_id``.
+        """
+        from ttc.orchestrator.graph.solving import allocate_graph
+
+        return allocate_graph(self, graph, list(problems), method=method, trials=trials, budget=budget, seed=seed,
+                              out=Path(out) if out is not None else None)
 
     def evaluate(
         self,

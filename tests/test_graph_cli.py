@@ -84,3 +84,19 @@ def test_ttc_solve_takes_an_allocation_file_for_a_graph(searched):
     assert set(json.loads(out)["outputs"]) == {"sudoku", "plan", "solve"}
     code, out, _ = _ttc("solve", "--task", "countdown", "--allocation", str(path), "--problem", problem, "--json")
     assert code == 2 and "--allocation goes with --graph" in json.loads(out)["error"]["message"]
+
+
+def test_python_api_allocates_and_solves_a_graph_with_the_file(tmp_path):
+    from ttc import Orchestrator
+    from ttc.orchestrator.graph.builtin import PLAN_SOLVE
+
+    path = tmp_path / "alloc.json"
+    with Orchestrator(db=f"sqlite:///{tmp_path / 'p.db'}", device="cpu") as orc:
+        found = orc.allocate(PLAN_SOLVE, make_problems(2, split="train"), method="grid", trials=2, out=path)
+        assert found["trials"] == 2 and found["space"] > 2 and path.is_file()
+        assert orc.get_run(found["trace_id"]).run.kind == "allocate"
+        assert [s.kind for s in orc.get_run(found["trace_id"]).spans].count("trial") == 2
+        result = orc.solve(PLAN_SOLVE, make_problems(1, split="test")[0], allocation=path)
+        assert {s: o.model for s, o in result.outputs.items()} == {
+            s: o.model for s, o in found["allocation"].stages.items()}
+        assert result.tokens <= result.budget_tokens == found["allocation"].budget_tokens

@@ -11,7 +11,7 @@ from .allocation import Allocation
 from .run import GraphResult, Policy, checkpointer_for, run_graph
 from .spec import GraphSpec
 
-__all__ = ["solve_graph", "resume_graph"]
+__all__ = ["allocate_graph", "resume_graph", "solve_graph"]
 
 
 def _attributes(graph: GraphSpec, problem: dict, allocation: Allocation, policy: str,
@@ -70,3 +70,47 @@ def resume_graph(orc, run_id: str, graph: GraphSpec | None = None, on_stage=None
                                spent_before=spent, on_stage=on_stage)
         tracer.outcome.update(score=result.score, tokens=result.tokens, resumed_stages=result.resumed_stages)
     return result
+
+
+def allocate_graph(orc, graph: GraphSpec, problems: list[dict], *, method: str = "planner", trials: int = 20,
+                   budget: float | None = None, seed: int = 0, out=None) -> dict[str, Any]:
+    """Searches ``graph``'s allocation on ``problems`` as one traced run (kind ``allocate``).
+
+    Every trial is a span of that run (allocation, per-stage scores and spend, score).
+
+    Args:
+        method: ``planner`` (the rule-based planner), ``random``, ``grid`` or ``tpe``.
+        trials: Distinct allocations evaluated, at most.
+        budget: Cost cap per problem in AgentTTS units (None: no cap).
+        out: Allocation file to write (None: none).
+
+    Returns:
+        ``{"allocation", "score", "score_ci95", "trials", "cost", "method", "space"}`` (plus
+        ``graph`` and ``checkpoint_digests``), where ``allocation`` is an ``Allocation``.
+
+    Raises:
+        BadInputError: No allocation fits the budget, no problems, or an unknown method.
+    """
+    from ttc.core.metrics import normal_ci95
+
+    from .objective import GraphObjective, graph_space, write_allocation
+    from .search import search
+
+    if not problems:
+        raise BadInputError("allocation search needs at least one train problem")
+    space = graph_space(orc, graph, budget)
+    if space.size() == 0:
+        raise BadInputError(f"no allocation of {graph.name!r} fits the budget {budget}")
+    with orc.run("allocate", graph.name, graph=graph.name, method=method, trials=trials, budget=budget, seed=seed,
+                 n_train=len(problems)) as tracer:
+        objective = GraphObjective(orc, graph, problems, space, tracer)
+        found = search(space, objective, method=method, max_trials=trials, seed=seed)
+        best = found.best_result
+        body: dict[str, Any] = {"graph": graph.name, "allocation": found.best.model_dump(mode="json"),
+                                "score": best.score, "score_ci95": normal_ci95(best.scores) if best.scores else None,
+                                "trials": found.trials, "cost": best.cost}
+        if out is not None:
+            body = write_allocation(orc, out, graph, found.best, best, found.trials)
+        tracer.outcome.update(score=best.score, cost=best.cost, allocation=body["allocation"],
+                              guidelines=list(found.guidelines))
+    return {**body, "allocation": found.best, "method": method, "space": space.size(), "trace_id": tracer.trace_id}
