@@ -80,6 +80,7 @@ def test_readme_shell_block(index, tmp_path, fake_server):
 @pytest.mark.parametrize("index", range(len(_blocks("python"))))
 def test_readme_python_block(index, tmp_path):
     code = _blocks("python")[index].replace('"sqlite:///ttc.db"', repr(f"sqlite:///{tmp_path / 'py.db'}"))
+    code = code.replace('"plan-solve-allocation.json"', repr(str(tmp_path / "plan-solve-allocation.json")))
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(tmp_path), capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
