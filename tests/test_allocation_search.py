@@ -344,3 +344,21 @@ def test_optimum_set_uses_paired_standard_errors():
         optimum_set(t)
     with pytest.raises(BadInputError):
         optimum_set(ReplayTable("empty", "g"))
+
+
+def test_planner_gives_an_arm_that_solved_nothing_one_rung_more_before_comparing():
+    # Stage "a": a direct arm x, and a search arm y whose trace does not fit 128 tokens
+    # (stage score 0) but wins at 256. Compared at the start budget alone, x would win.
+    opts = {"a": [StageOption(model="x", budget_tokens=b) for b in (64, 128)]
+            + [StageOption(model="y", strategy="sequential", budget_tokens=b) for b in (128, 256)],
+            "b": [StageOption(model="z", budget_tokens=b) for b in (64, 128)]}
+    space = SearchSpace(opts, ["a", "b"], lambda s, o: o.budget_tokens / 64, 6.0)
+    a_score = {("x", 64): 0.3, ("x", 128): 0.4, ("y", 128): 0.0, ("y", 256): 0.9}
+    table = ReplayTable("viability", "toy", space=space)
+    for alloc in space:
+        sa = a_score[(alloc.stages["a"].model, alloc.stages["a"].budget_tokens)]
+        sb = {64: 0.5, 128: 0.6}[alloc.stages["b"].budget_tokens]
+        table.add_trial(alloc, TrialResult(score=(sa + sb) / 2, stage_scores={"a": sa, "b": sb}))
+    found = search(space, ReplayObjective(table), method="planner", max_trials=4)
+    assert found.best.stages["a"] == StageOption(model="y", strategy="sequential", budget_tokens=256)
+    assert any("solved nothing" in g for g in found.guidelines)

@@ -15,7 +15,9 @@ The rules, in order (each stage in topological order, upstream first):
    keeps the arm that scored best. The start budget is AgentTTS's: the stage's equal
    share of the total budget converted into each arm's largest budget that fits it (so a
    small model gets more tokens than a large one), or the ladder's middle rung when the
-   space has no budget.
+   space has no budget. An arm whose stage solved nothing at its start budget (a search
+   trace cut before it ends) is compared one rung up instead: zero successes say nothing
+   about the model.
 2. Insight 2, each subtask has a budget past which returns vanish. For each stage with
    its preferred arm, walk the budget up one rung while the score improves by more than
    ``min_gain`` and the allocation stays within budget; when the first step loses more
@@ -140,18 +142,20 @@ class RuleBasedPlanner:
         self._space: SearchSpace | None = None
         self._plan: _Plan | None = None
         self._scores: dict[str, float] = {}
+        self._stage_scores: dict[str, dict[str, float]] = {}
         self._allocs: dict[str, Allocation] = {}
         self._read = 0
 
     def propose(self, history: list[Trial], space: SearchSpace) -> list[Allocation]:
         if space is not self._space or self._plan is None:
             self._space, self.guidelines = space, []
-            self._scores, self._allocs, self._read = {}, {}, 0
+            self._scores, self._stage_scores, self._allocs, self._read = {}, {}, {}, 0
             self._plan = self._rules(_Arms(space))
         if len(history) < self._read:  # not the history this plan grew with: read it afresh
-            self._scores, self._allocs, self._read = {}, {}, 0
+            self._scores, self._stage_scores, self._allocs, self._read = {}, {}, {}, 0
         for t in history[self._read:]:
             self._scores[t.allocation.key] = t.score
+            self._stage_scores[t.allocation.key] = dict(t.result.stage_scores)
             self._allocs[t.allocation.key] = t.allocation
         self._read = len(history)
         return next(self._plan, [])
@@ -183,6 +187,17 @@ class RuleBasedPlanner:
         for s in space.order:  # insight 1
             cands = [current.with_stage(s, arms.start(s, i)) for i in range(len(arms.arms[s]))]
             scores = yield from self._ask(cands)
+            for i, c in enumerate(cands):
+                # An arm that solved nothing at its start budget tells nothing about the model
+                # (a search trace cut before it ends): give it one rung more before comparing.
+                up = arms.step(s, c.stages[s], 1)
+                if scores[i] is None or self._stage_scores.get(c.key, {}).get(s) != 0.0 or up is None:
+                    continue
+                (sc,) = yield from self._ask([c.with_stage(s, up)])
+                if sc is not None:
+                    log(f"insight 1: stage {s} solved nothing with {_arm_label(c.stages[s])} at "
+                        f"{c.stages[s].budget_tokens} tokens; compared at {up.budget_tokens}")
+                    cands[i], scores[i] = c.with_stage(s, up), sc
             scored = [i for i, sc in enumerate(scores) if sc is not None]
             if not scored:
                 log(f"insight 1: no arm of stage {s} fits the budget at its start budget")
