@@ -15,7 +15,7 @@ from ttc.orchestrator.graph import Allocation, SearchSpace, StageOption, TrialRe
 from ttc.orchestrator.graph.builtin import PLAN_SOLVE, SUDOKU_COUNTDOWN, make_problems
 from ttc.orchestrator.graph.replay import ReplayTable
 from ttc.orchestrator.graph.run import run_graph
-from ttc.orchestrator.graph.tables import Job, evaluate_jobs
+from ttc.orchestrator.bench.graph_tables import Job, evaluate_jobs
 
 @pytest.fixture
 def orc(tmp_path):

@@ -117,7 +117,7 @@ def _build_tables(orc, names: list[str], train: list[dict], workers: int, scratc
     from ttc.orchestrator.graph.builtin import BUILTIN_GRAPHS
     from ttc.orchestrator.graph.objective import _digests, graph_space
     from ttc.orchestrator.graph.replay import ReplayTable
-    from ttc.orchestrator.graph.tables import Job, evaluate_jobs
+    from ttc.orchestrator.bench.graph_tables import Job, evaluate_jobs
 
     spaces = {n: graph_space(orc, BUILTIN_GRAPHS[n], PIPELINES[n]) for n in names}
     jobs = [Job(graph=n, allocations=list(spaces[n])) for n in names]
@@ -176,7 +176,7 @@ def _searches(table, seeds: int, cap: int) -> dict[str, Any]:
 
 def _test_scores(names, tables, searched, test, workers, scratch, say) -> dict[str, dict]:
     from ttc.orchestrator.graph.builtin import BUILTIN_GRAPHS
-    from ttc.orchestrator.graph.tables import Job, evaluate_jobs
+    from ttc.orchestrator.bench.graph_tables import Job, evaluate_jobs
 
     jobs, wanted = [], {}
     for n in names:
@@ -198,7 +198,7 @@ def _mean_over_seeds_ci(per_seed_scores: list[list[float]]) -> tuple[float, list
 
 
 def _reallocation(table, pick, test, workers, scratch, say) -> dict[str, Any]:
-    from ttc.orchestrator.graph.tables import Job, evaluate_jobs
+    from ttc.orchestrator.bench.graph_tables import Job, evaluate_jobs
 
     weights = _marginal_weights(table, pick)
     jobs = [Job(graph=table.graph, allocations=[pick], policy=p, weights=weights if p == "carry_weighted" else None)

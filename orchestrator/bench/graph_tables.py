@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from typing import Any
 
-from .allocation import Allocation, TrialResult
+from ttc.orchestrator.graph.allocation import Allocation, TrialResult
 
 __all__ = ["Evaluated", "Job", "evaluate_jobs"]
 
@@ -56,8 +56,8 @@ def _run_shard(jobs: list[dict[str, Any]], problems: list[dict], device: str, db
     from ttc.core.tracing import NullTracer
     from ttc.orchestrator.api import Orchestrator
 
-    from .builtin import BUILTIN_GRAPHS
-    from .run import run_graph
+    from ttc.orchestrator.graph.builtin import BUILTIN_GRAPHS
+    from ttc.orchestrator.graph.run import run_graph
 
     torch.set_num_threads(1)
     cache: dict[tuple, Any] = {}
