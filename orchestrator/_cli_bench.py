@@ -281,3 +281,55 @@ def bench_allocation(
             view.add_row(p, f"{row['accuracy']:.1%}", f"{row['ci95'][0]:.1%}-{row['ci95'][1]:.1%}", f"{row['spend']:.0f}")
         stdout.print(view)
     stdout.print(f"written to {esc(r['files']['json'])}")
+
+
+@bench_app.command("plansearch")
+def bench_plansearch(
+    quick: Annotated[bool, typer.Option("--quick", help="200 held-out problems instead of 500.")] = False,
+    problems_file: Annotated[Path | None, typer.Option(
+        "--problems-file", help="JSONL of CountDown problems to use instead of held-out ones.")] = None,
+    n_problems: Annotated[int | None, typer.Option("--problems", min=1, help="Held-out problems (default 500, "
+                                                   "quick 200).")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Worker processes sharing the problems "
+                                         "(the figures do not depend on it).")] = 2,
+    out_dir: OutOpt = None,
+    force: ForceOpt = False,
+    json_out: JsonOption = False,
+) -> None:
+    """PlanSearch (first-step plans) vs repeated sampling, tree_search and best-of-n at T=1, at equal tokens."""
+    if problems_file is not None and n_problems is not None:
+        raise BadInputError("give --problems-file or --problems, not both")
+    out_dir = bench_out_dir(out_dir, quick=quick, name="plansearch", force=force)
+    problems = None
+    if problems_file is not None:
+        from ttc.tasks.registry import get_task
+
+        from ._cli_models import read_problems_file
+
+        problems = read_problems_file(problems_file, get_task("countdown"))
+    from .bench.plansearch import KS, run_plansearch_bench
+
+    with _running("plansearch"):
+        r = run_plansearch_bench(quick=quick, problems=problems, n_problems=n_problems, workers=workers,
+                                 out_dir=out_dir, progress=stderr)
+    if json_out:
+        emit_json(r)
+        return
+    table = make_table("method", "solved", "95% CI", "tokens/problem",
+                       title=f"CountDown, {r['n_problems']} problems, at PlanSearch's tokens")
+    for method, row in r["equal_tokens"].items():
+        lo, hi = row["accuracy_ci95"]
+        table.add_row(esc(method), f"{row['accuracy']:.1%}", f"{lo:.1%}-{hi:.1%}", f"{row['tokens']:.0f}")
+    stdout.print(table)
+    view = make_table("16 candidates", *(f"pass@{k}" for k in KS), "diversity", "(parseable)", "tokens",
+                      title="equal candidates")
+    for method in ("plansearch", "repeated"):
+        v = r[method]
+        div = [f"{x:.3f}" if x is not None else "-" for x in (v["diversity"], v["diversity_parseable"])]
+        view.add_row(method, *(f"{v['pass_at_k'].get(str(k), float('nan')):.1%}" for k in KS), *div,
+                     f"{v['tokens']:.0f}")
+    stdout.print(view)
+    d = r["plansearch_minus_repeated"]
+    lo, hi = d["ci95_paired_bootstrap"]
+    stdout.print(f"PlanSearch minus repeated at equal tokens: {d['accuracy']:+.1%} (95% CI {lo:+.1%} to {hi:+.1%}); "
+                 f"critique/fix {esc(r['settings']['critique_fix'])}; written to {esc(r['files']['json'])}")

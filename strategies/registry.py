@@ -37,7 +37,8 @@ Prepare = Callable[[SolveContext, dict[str, Any]], dict[str, Any]]
 
 # Modules whose import registers the built-in strategies (one strategy per file).
 _BUILTINS = tuple(f"ttc.strategies.{m}" for m in
-                  ("sample", "best_of_n", "majority_vote", "weighted_vote", "sequential", "tree_search", "auto"))
+                  ("sample", "best_of_n", "majority_vote", "weighted_vote", "sequential", "tree_search", "auto",
+                   "plansearch"))
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Verifiers judge candidates with the shared ``Verdict`` (from ``ttc.core``).
 
-Exact checkers (CountDown, Sudoku), math answer equivalence (``math``, math-verify) and
-code run against tests in the sandbox (``code``)."""
+Exact checkers (CountDown, Sudoku), math answer equivalence (``math``, math-verify),
+code run against tests in the sandbox (``code``) and an LLM judge scoring against a rubric
+(``judge``)."""
 
 from ttc.core.types import Verdict
 
@@ -14,8 +15,9 @@ from .code import (
            run_code_tests,
 )
 from .countdown import CountdownVerifier
+from .judge import JudgeVerifier
 from .math import MathVerifier
 from .sudoku import SudokuVerifier
 
-__all__ = ["CodeVerifier", "CountdownVerifier", "MathVerifier", "SandboxError", "SandboxLimits", "SandboxResult",
-           "SandboxUnavailableError", "SudokuVerifier", "Verdict", "run_code_tests"]
+__all__ = ["CodeVerifier", "CountdownVerifier", "JudgeVerifier", "MathVerifier", "SandboxError", "SandboxLimits",
+           "SandboxResult", "SandboxUnavailableError", "SudokuVerifier", "Verdict", "run_code_tests"]
