@@ -226,16 +226,15 @@ class Orchestrator:
         models: dict[str, str | Backend] | None = None,
         budget: Budget | None = None,
         base_url: str | None = None,
-        allocation: "Allocation | str | Path | None" = None,
-        policy: str = "static",
         **params: Any,
     ) -> "Result | GraphResult":
         """Solves one problem with a strategy under a budget, recorded as a run.
 
         Given a task graph instead of a task name, runs the graph (``solve_graph``) under
-        ``allocation`` (an ``Allocation`` or an allocation file from ``allocate``; default:
-        the graph's default allocation) and reallocation ``policy``, and returns its
-        ``GraphResult``.
+        ``params["allocation"]`` (an ``Allocation`` or an allocation file from ``allocate``;
+        default: the graph's default allocation) and reallocation ``params["policy"]``
+        (``static``, ``carry`` or ``carry_weighted``), within ``budget.tokens`` when given,
+        and returns its ``GraphResult``.
 
         Args:
             task: Task name (``"countdown"``), or a ``GraphSpec``.
@@ -257,7 +256,12 @@ class Orchestrator:
                 role; a malformed problem.
         """
         if not isinstance(task, str):
-            return self._solve_graph(task, problem, allocation, policy)
+            extra = sorted(k for k in params if k not in ("allocation", "policy"))
+            if extra or model is not None or models or base_url is not None or strategy != "sample":
+                raise BadInputError("a graph takes its models and strategies from its allocation; "
+                                    f"unexpected: {', '.join(extra) or 'model/models/base_url/strategy'}")
+            return self._solve_graph(task, problem, params.get("allocation"), params.get("policy", "static"),
+                                     budget.tokens if budget is not None else None)
         task_obj, spec = self._prepare(task, strategy, params)
         problem = _parse_problem(task_obj, problem)
         pool = self.models(task, model, models, base_url=base_url)
@@ -269,7 +273,7 @@ class Orchestrator:
             tracer.outcome.update(outcome(result))
         return result
 
-    def _solve_graph(self, graph, problem, allocation, policy: str):
+    def _solve_graph(self, graph, problem, allocation, policy: str, budget_tokens: int | None):
         from ttc.orchestrator.graph import Allocation, solve_graph
         from ttc.orchestrator.graph.objective import read_allocation
 
@@ -282,7 +286,7 @@ class Orchestrator:
             allocation = graph.default_allocation()
         elif not isinstance(allocation, Allocation):
             allocation = read_allocation(self, Path(allocation), graph)
-        return solve_graph(self, graph, problem, allocation, policy=policy)
+        return solve_graph(self, graph, problem, allocation, policy=policy, budget_tokens=budget_tokens)
 
     def allocate(self, graph: "GraphSpec", problems: Sequence[dict], *, method: str = "planner", trials: int = 20,
                  budget: float | None = None, seed: int = 0, out: "str | Path | None" = None) -> dict[str, Any]:

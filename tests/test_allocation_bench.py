@@ -114,3 +114,25 @@ def test_bench_allocation_bad_table_is_exit_2(tmp_path, capsys):
         err = capsys.readouterr().err
         assert exc.value.code == 2 and needle in err and "Traceback" not in err, err
         assert len(err.strip().splitlines()) == 1
+
+
+def test_solve_with_a_graph_checks_its_arguments_and_leaves_strategy_params_alone(orc, monkeypatch):
+    from ttc.backends.errors import BadInputError
+    from ttc.core.budget import Budget
+
+    problem = make_problems(1, seed=3, split="test")[0]
+    with pytest.raises(BadInputError, match="reallocation policy"):
+        orc.solve(PLAN_SOLVE, problem, allocation=CHEAP, policy="carry-weighted")
+    with pytest.raises(BadInputError, match="unexpected"):
+        orc.solve(PLAN_SOLVE, problem, allocation=CHEAP, model="countdown-direct")
+    with pytest.raises(BadInputError, match="JSON object"):
+        orc.solve(PLAN_SOLVE, "[1]", allocation=CHEAP)
+    result = orc.solve(PLAN_SOLVE, problem, allocation=CHEAP, budget=Budget(tokens=200))
+    assert result.budget_tokens == 200 and result.tokens <= 200
+    # A task's strategy still gets its own "policy" parameter (auto's calibrated policy).
+    seen = {}
+    monkeypatch.setattr(type(orc), "_run_strategy",
+                        lambda self, tracer, task, spec, pool, prob, budget, params: seen.update(params) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        orc.solve("countdown", problem["countdown"], strategy="auto", policy={"bins": []})
+    assert seen == {"policy": {"bins": []}}

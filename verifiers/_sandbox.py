@@ -296,6 +296,10 @@ def run_sandboxed(program: str, tests: str, limits: SandboxLimits | None = None)
     limits = limits or SandboxLimits()
     if not isinstance(program, str) or not isinstance(tests, str):
         raise BadInputError("program and tests must be text")
+    try:
+        program.encode("utf-8"), tests.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadInputError("program and tests must be valid UTF-8 text (lone surrogates found)") from None
     unshare = _preflight()
     python, prefix = _python()
     nonce = secrets.token_hex(16)

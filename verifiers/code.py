@@ -22,6 +22,7 @@ import ast
 import hashlib
 import re
 
+from ttc.backends.errors import BadInputError
 from ttc.core.types import Verdict
 
 from ._sandbox import (
@@ -105,7 +106,7 @@ class CodeVerifier:
         """The test script run after the program."""
         tests = problem.get("tests")
         if not isinstance(tests, str):
-            raise TypeError("a code problem needs its tests as text under 'tests'")
+            raise BadInputError("a code problem needs its tests as text under 'tests'")
         return tests
 
     def run(self, problem: dict, text: str) -> SandboxResult:

@@ -240,6 +240,8 @@ def run_allocation_bench(*, quick: bool = False, tables: list[Path] | None = Non
         else:
             recorded = _build_tables(orc, list(PIPELINES), train, workers, scratch, out_dir, say)
         names = [n for n in PIPELINES if n in recorded] + [n for n in recorded if n not in PIPELINES]
+        # Replayed tables hold their own train split: count it, not the default.
+        n_train = max(len(next(iter(recorded[n].trials()))[1].scores) for n in names)
         say("searching: " + ", ".join(f"{n} ({len(recorded[n])} allocations)" for n in names))
         searched = {n: _searches(recorded[n], seeds, cap) for n in names}
         tested = _test_scores(names, recorded, searched, test, workers, scratch, say)
@@ -261,6 +263,7 @@ def run_allocation_bench(*, quick: bool = False, tables: list[Path] | None = Non
                 row["test_score"][m], row["test_score_ci95"][m] = mean, ci
                 row["picks"][m] = dict(Counter(p.digest for p in d["picks"]))
             row["default_test_score"] = statistics.fmean(ts["scores"][ts["default"].key])
+            row["default_test_score_ci95"] = bootstrap_ci95(ts["scores"][ts["default"].key], seed=SEED)
             row["default_allocation"] = {st: o.label for st, o in ts["default"].stages.items()}
             rt, rp = row["trials_to_optimum"], row["reached_fraction"]
             row["goal_met"] = rt["planner"] <= 10 and rp["planner"] > 0 and all(
@@ -279,6 +282,7 @@ def run_allocation_bench(*, quick: bool = False, tables: list[Path] | None = Non
         **bench_header("allocation", seed=SEED, quick=quick, n_problems=n_train, started=started,
                        models=[{"name": m, "digest": i.checkpoint_digest} for m, i in infos.items()]),
         "n_train": n_train, "n_test": n_test, "seeds": seeds, "trial_cap": cap,
+        "tables_recorded_at": "this run" if not tables else "read from the files in tables_from",
         "tables_from": [str(p) for p in tables] if tables else "recorded live",
         "tables": rows, "reallocation": realloc, "regularities": regs,
     }

@@ -176,7 +176,8 @@ def compile_graph(orc, graph: GraphSpec, allocation: Allocation, ledger: Ledger,
         if cache is not None and spec.task is not None:
             # Keyed by task, not stage name: seeded runs of one task, option and input are
             # the same run in whichever stage (or graph) they appear.
-            key = (spec.task, option.model_dump_json(), json.dumps(stage_problem, sort_keys=True), carry)
+            key = (spec.task, option.model_dump_json(), spec.base_url_of(option),
+                   json.dumps(stage_problem, sort_keys=True), carry)
         if key is not None and key in cache:
             out, left = cache[key]
             ledger.settle(None, Usage(prompt_tokens=out.tokens), samples=0)  # it was spent once
@@ -218,7 +219,7 @@ def compile_graph(orc, graph: GraphSpec, allocation: Allocation, ledger: Ledger,
             if not items:
                 return name
             total = allocation.stages[name].budget_tokens + state.get("carried", {}).get(name, 0)
-            share = max(1, total // len(items))
+            share = total // len(items)  # shares never add up to more than the stage's budget
             return [Send(f"__item__{name}", {"stage": name, "index": i, "problem": p, "tokens": share})
                     for i, p in enumerate(items)]
 
@@ -230,15 +231,18 @@ def compile_graph(orc, graph: GraphSpec, allocation: Allocation, ledger: Ledger,
         def join(state: _State) -> dict:
             got = [v for _, v in sorted(state.get("items", {}).get(name, {}).items(), key=lambda kv: int(kv[0]))]
             option = allocation.stages[name]
+            total = option.budget_tokens + state.get("carried", {}).get(name, 0)
+            given = sum(g.get("granted") or 0 for g in got)
             verdicts = [g.get("correct") for g in got]
             out = StageOutput(stage=name, answer=[g.get("answer") for g in got],
                               correct=all(verdicts) if got and None not in verdicts else None,
                               tokens=sum(g.get("tokens", 0) for g in got),
-                              granted=option.budget_tokens + state.get("carried", {}).get(name, 0),
+                              granted=given,
                               model=option.model, strategy=option.strategy,
                               stop_reason=",".join(sorted({str(g.get("stop_reason")) for g in got})) or None,
                               problem={"items": [g.get("problem") for g in got]})
-            return finish(name, out, sum(g.get("left", 0) for g in got), 0)
+            # What the items left, and the remainder no item was given, is the stage's leftover.
+            return finish(name, out, sum(g.get("left", 0) for g in got) + total - given, 0)
 
         return fan, route, item, join
 

@@ -25,7 +25,13 @@ def solve_graph(orc, graph: GraphSpec, problem: dict, allocation: Allocation, *,
                 weights: dict[str, float] | None = None, budget_tokens: int | None = None,
                 checkpoint: bool = True, on_stage=None) -> GraphResult:
     """Runs a task graph on one problem as a traced, checkpointed run (see ``run_graph``)."""
+    from typing import get_args
+
     graph.check_allocation(allocation)
+    if policy not in get_args(Policy):
+        raise BadInputError(f"unknown reallocation policy {policy!r}; valid: {', '.join(get_args(Policy))}")
+    if not isinstance(problem, dict):
+        raise BadInputError(f"a graph's problem is a JSON object, not {type(problem).__name__}")
     attrs = _attributes(graph, problem, allocation, policy, weights, budget_tokens)
     with orc.run("graph", graph.name, **attrs) as tracer:
         if checkpoint:
@@ -98,6 +104,8 @@ def allocate_graph(orc, graph: GraphSpec, problems: list[dict], *, method: str =
 
     if not problems:
         raise BadInputError("allocation search needs at least one train problem")
+    if out is not None and (out.is_dir() or not out.parent.is_dir()):
+        raise BadInputError(f"cannot write the allocation file {out}: a directory, or its folder does not exist")
     space = graph_space(orc, graph, budget)
     if space.size() == 0:
         raise BadInputError(f"no allocation of {graph.name!r} fits the budget {budget}")

@@ -128,6 +128,8 @@ class StageSpec(BaseModel):
             raise ValueError(f"stage {self.name!r} solves a task and needs options (model, strategy, budgets)")
         if self.fan_out and self.task is None:
             raise ValueError(f"stage {self.name!r}: fan_out needs a task stage (a callable stage can loop itself)")
+        if self.fan_out and self.input is None:
+            raise ValueError(f"stage {self.name!r}: fan_out needs an input function returning a list of problems")
         return self
 
     @field_serializer("run", "input")
