@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import pytest
 
-from ttc.orchestrator.cli import main
+from recording import run_cli
 from ttc.orchestrator.graph.builtin import make_problems
 
 
 def _ttc(*args):
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = exc.code or 0
-    return code, out.getvalue(), err.getvalue()
+    return run_cli(args)
 
 
 @pytest.fixture(scope="module")

@@ -8,25 +8,12 @@ import json
 
 import pytest
 from fake_openai import FakeOpenAI, completion_reply
+from recording import run_cli
 
 RIGHT = "3*5=15,15+7=22"
 PROBLEM = '{"numbers": [3, 5, 7], "target": 22}'
 
 
-def _main(args):
-    import contextlib
-    import io
-
-    from ttc.orchestrator.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(args)
-        except SystemExit as exc:
-            code = exc.code or 0
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture
@@ -39,13 +26,13 @@ def greedy_server():
 def test_generate_solve_and_eval_show_overdrawn(greedy_server, tmp_path):
     db = f"sqlite:///{tmp_path / 'o.db'}"
     remote = ["--base-url", greedy_server.url, "--tokenizer", "countdown-direct", "--max-retries", "0", "--db", db]
-    code, out, err = _main(["generate", "--model", "fake", "--prompt", "3 5 7>22:", "--max-tokens", "20",
+    code, out, err = run_cli(["generate", "--model", "fake", "--prompt", "3 5 7>22:", "--max-tokens", "20",
                             "--budget-tokens", "100", "--json", *remote])
     assert code == 0, err
     got = json.loads(out)
     assert got["overdrawn"] is True and got["usage"]["completion_tokens"] == 500
 
-    code, out, err = _main(["solve", "--task", "countdown", "--model", "fake", "--problem", PROBLEM,
+    code, out, err = run_cli(["solve", "--task", "countdown", "--model", "fake", "--problem", PROBLEM,
                             "--strategy", "sample", "--budget-tokens", "100", "--json", *remote])
     assert code == 0, err
     got = json.loads(out)
@@ -53,7 +40,7 @@ def test_generate_solve_and_eval_show_overdrawn(greedy_server, tmp_path):
 
     problems = tmp_path / "p.jsonl"
     problems.write_text(PROBLEM + "\n" + PROBLEM.replace("22", "29") + "\n")
-    code, out, err = _main(["eval", "--task", "countdown", "--model", "fake", "--problems", str(problems),
+    code, out, err = run_cli(["eval", "--task", "countdown", "--model", "fake", "--problems", str(problems),
                             "--strategy", "sample", "--budget-tokens", "100", "--json", *remote])
     assert code == 0, err
     got = json.loads(out)
@@ -62,7 +49,7 @@ def test_generate_solve_and_eval_show_overdrawn(greedy_server, tmp_path):
 
 def test_within_budget_is_not_overdrawn(tmp_path):
     with FakeOpenAI(lambda body: completion_reply([RIGHT], 10, 14)) as srv:
-        code, out, err = _main(["solve", "--task", "countdown", "--model", "fake", "--problem", PROBLEM,
+        code, out, err = run_cli(["solve", "--task", "countdown", "--model", "fake", "--problem", PROBLEM,
                                 "--base-url", srv.url, "--tokenizer", "countdown-direct", "--budget-tokens", "200",
                                 "--json", "--db", f"sqlite:///{tmp_path / 'o.db'}"])
     assert code == 0, err
@@ -75,9 +62,9 @@ def test_invalid_usage_is_an_error_and_the_run_is_closed(tmp_path, bad):
     reply = completion_reply([RIGHT], 10, 5)
     reply["usage"]["completion_tokens"] = bad
     with FakeOpenAI(lambda body: reply) as srv:
-        code, out, err = _main(["solve", "--task", "countdown", "--model", "fake", "--problem", PROBLEM,
+        code, out, err = run_cli(["solve", "--task", "countdown", "--model", "fake", "--problem", PROBLEM,
                                 "--base-url", srv.url, "--max-retries", "0", "--json", "--db", db])
     assert code == 1 and "invalid usage" in json.loads(out)["error"]["message"]
-    code, out, _ = _main(["traces", "list", "--json", "--db", db])
+    code, out, _ = run_cli(["traces", "list", "--json", "--db", db])
     runs = json.loads(out)["runs"]
     assert runs and all(r["status"] == "error" for r in runs)

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 import re
-from contextlib import contextmanager
 
 import pytest
 from fake_openai import FakeOpenAI, completion_reply
+from recording import RecTracer, run_cli
 from ttc.backends import BadInputError, ScriptedBackend
 from ttc.core import Budget, Ledger
 from ttc.core.contracts import ModelPool, SolveContext
@@ -21,38 +21,6 @@ from ttc.strategies.plansearch import SKIPPED
 from ttc.tasks.countdown import COUNTDOWN
 
 # ---------------------------------------------------------------- tracing double
-
-
-class RecSpan:
-    span_id = None
-
-    def __init__(self, kind, name, attrs):
-        self.kind, self.name, self.attrs = kind, name, dict(attrs)
-
-    def set(self, **attrs):
-        self.attrs.update(attrs)
-
-    def record_usage(self, **kwargs):
-        pass
-
-    def add_candidates(self, candidates):
-        pass
-
-
-class RecTracer:
-    trace_id = None
-
-    def __init__(self):
-        self.spans: list[RecSpan] = []
-
-    @contextmanager
-    def span(self, kind, name, **attrs):
-        s = RecSpan(kind, name, attrs)
-        self.spans.append(s)
-        yield s
-
-    def strategy(self) -> RecSpan:
-        return next(s for s in self.spans if s.kind == "strategy")
 
 
 # ---------------------------------------------------------------- parsing
@@ -345,7 +313,7 @@ def test_diversity_counts_pairs_with_equal_canonical_forms():
 def test_bench_cli_writes_the_issue_json_on_a_problems_file(tmp_path):
     problems = tmp_path / "p.jsonl"
     problems.write_text('{"numbers": [48, 27, 5, 81], "target": 30}\n{"numbers": [18, 49, 35, 17], "target": 25}\n')
-    code, out, err = _main(["bench", "plansearch", "--problems-file", str(problems), "--workers", "1",
+    code, out, err = run_cli(["bench", "plansearch", "--problems-file", str(problems), "--workers", "1",
                             "--out", str(tmp_path / "out"), "--json"])
     assert code == 0, err
     r = json.loads(out)
@@ -363,10 +331,10 @@ def test_bench_cli_writes_the_issue_json_on_a_problems_file(tmp_path):
         assert 0 <= view["diversity"] <= 1 and view["tokens"] > 0 and view["candidates"] >= 16
     assert r["settings"]["critique_fix"] == SKIPPED
     assert (tmp_path / "out" / "plansearch.json").is_file() and (tmp_path / "out" / "plansearch.png").is_file()
-    code, out, _ = _main(["bench", "plansearch", "--problems-file", str(problems), "--problems", "3", "--json"])
+    code, out, _ = run_cli(["bench", "plansearch", "--problems-file", str(problems), "--problems", "3", "--json"])
     assert code == 2 and "not both" in json.loads(out)["error"]["message"]
     problems.write_text('{"numbers": [1], "target": "x"}\n')
-    code, out, _ = _main(["bench", "plansearch", "--problems-file", str(problems), "--json"])
+    code, out, _ = run_cli(["bench", "plansearch", "--problems-file", str(problems), "--json"])
     assert code == 2 and "p.jsonl:1" in json.loads(out)["error"]["message"]
 
 
@@ -391,27 +359,11 @@ def _reply(body):
     return completion_reply([text] * body.get("n", 1), 40, 10)
 
 
-def _main(args):
-    import contextlib
-    import io
-
-    from ttc.orchestrator.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(args)
-        except SystemExit as exc:
-            code = exc.code or 0
-    return code, out.getvalue(), err.getvalue()
-
-
 def test_eval_humaneval_with_plansearch_against_a_fake_endpoint(tmp_path):
     problems = tmp_path / "p.jsonl"
     problems.write_text(json.dumps(ADD) + "\n")
     with FakeOpenAI(_reply) as srv:
-        code, out, err = _main(["eval", "--task", "humaneval", "--strategy", "plansearch", "--model", "fake",
+        code, out, err = run_cli(["eval", "--task", "humaneval", "--strategy", "plansearch", "--model", "fake",
                                 "--base-url", srv.url, "--problems", str(problems), "--max-retries", "0",
                                 "-P", "n_observations=2", "-P", "layers=1", "--json",
                                 "--db", f"sqlite:///{tmp_path / 'e.db'}"])

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import ast
 import random
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from recording import RecTracer
 
 from ttc.backends import BadInputError, ScriptedBackend
 from ttc.backends.types import Usage
@@ -49,40 +49,6 @@ class StepBackend(ScriptedBackend):
     @property
     def prompts(self):
         return [p for ps, _ in self.calls for p in ps]
-
-
-class RecSpan:
-    span_id = None
-
-    def __init__(self, kind, name, attrs):
-        self.kind, self.name, self.attrs, self.candidates = kind, name, dict(attrs), []
-
-    def set(self, **attrs):
-        self.attrs.update(attrs)
-
-    def record_usage(self, **kwargs):
-        pass
-
-    def add_candidates(self, candidates):
-        self.candidates.extend(candidates)
-
-
-class RecTracer:
-    """Keeps every span in the order opened."""
-
-    trace_id = None
-
-    def __init__(self):
-        self.spans: list[RecSpan] = []
-
-    @contextmanager
-    def span(self, kind, name, **attrs):
-        s = RecSpan(kind, name, attrs)
-        self.spans.append(s)
-        yield s
-
-    def kinds(self, kind):
-        return [s for s in self.spans if s.kind == kind]
 
 
 def search(task, problem, backend, budget=None, tracer=None, **params):
