@@ -31,7 +31,7 @@ from .allocation import Allocation, SearchSpace, StageOption, TrialResult
 from .run import run_graph
 from .spec import GraphSpec
 
-__all__ = ["GraphObjective", "graph_space", "read_allocation", "write_allocation"]
+__all__ = ["GraphObjective", "allocation_record", "graph_space", "read_allocation", "write_allocation"]
 
 
 def _models(graph: GraphSpec) -> dict[str, str | None]:
@@ -108,15 +108,18 @@ def _digests(orc, graph: GraphSpec) -> dict[str, str | None]:
     return {m: orc.backend(m, base_url=u).info.checkpoint_digest for m, u in sorted(_models(graph).items())}
 
 
-def write_allocation(orc, path: Path, graph: GraphSpec, allocation: Allocation, result: TrialResult,
-                     trials: int) -> dict[str, Any]:
-    """Writes the allocation file and returns what it holds."""
-    body = {"graph": graph.name, "checkpoint_digests": _digests(orc, graph),
+def allocation_record(orc, graph: GraphSpec, allocation: Allocation, result: TrialResult,
+                      trials: int) -> dict[str, Any]:
+    """What an allocation file holds (see the module docstring)."""
+    return {"graph": graph.name, "checkpoint_digests": _digests(orc, graph),
             "allocation": allocation.model_dump(mode="json"), "score": result.score,
             "score_ci95": normal_ci95(result.scores) if result.scores else None, "trials": trials,
             "cost": result.cost}
-    path.write_text(json.dumps(body, indent=2) + "\n")
-    return body
+
+
+def write_allocation(path: Path, record: dict[str, Any]) -> None:
+    """Writes an ``allocation_record`` as the allocation file."""
+    path.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def read_allocation(orc, path: Path, graph: GraphSpec) -> Allocation:

@@ -91,15 +91,14 @@ def allocate_graph(orc, graph: GraphSpec, problems: list[dict], *, method: str =
         out: Allocation file to write (None: none).
 
     Returns:
-        ``{"allocation", "score", "score_ci95", "trials", "cost", "method", "space"}`` (plus
-        ``graph`` and ``checkpoint_digests``), where ``allocation`` is an ``Allocation``.
+        The allocation file's record (``graph``, ``checkpoint_digests``, ``score``,
+        ``score_ci95``, ``trials``, ``cost``) with ``allocation`` as an ``Allocation``, plus
+        ``method``, ``space`` and ``trace_id``.
 
     Raises:
         BadInputError: No allocation fits the budget, no problems, or an unknown method.
     """
-    from ttc.core.metrics import normal_ci95
-
-    from .objective import GraphObjective, graph_space, write_allocation
+    from .objective import GraphObjective, allocation_record, graph_space, write_allocation
     from .search import search
 
     if not problems:
@@ -114,11 +113,9 @@ def allocate_graph(orc, graph: GraphSpec, problems: list[dict], *, method: str =
         objective = GraphObjective(orc, graph, problems, space, tracer)
         found = search(space, objective, method=method, max_trials=trials, seed=seed)
         best = found.best_result
-        body: dict[str, Any] = {"graph": graph.name, "allocation": found.best.model_dump(mode="json"),
-                                "score": best.score, "score_ci95": normal_ci95(best.scores) if best.scores else None,
-                                "trials": found.trials, "cost": best.cost}
+        body = allocation_record(orc, graph, found.best, best, found.trials)
         if out is not None:
-            body = write_allocation(orc, out, graph, found.best, best, found.trials)
+            write_allocation(out, body)
         tracer.outcome.update(score=best.score, cost=best.cost, allocation=body["allocation"],
                               guidelines=list(found.guidelines))
     return {**body, "allocation": found.best, "method": method, "space": space.size(), "trace_id": tracer.trace_id}
