@@ -121,19 +121,10 @@ def graph_solve(
     json_out: JsonOption = False,
 ) -> None:
     """Run a task graph on one problem; the run is checkpointed and resumable."""
-    from ttc.orchestrator.graph import solve_graph
-    from ttc.orchestrator.graph.objective import read_allocation
-
     g = resolve_graph(graph)
-    if policy not in ("static", "carry", "carry_weighted"):
-        raise BadInputError(f"unknown --policy {policy!r}; valid: carry, carry_weighted, static")
-    try:
-        obj = json.loads(read_text_arg(problem, "problem"))
-    except json.JSONDecodeError as exc:
-        raise BadInputError(f"problem is not valid JSON: {exc.msg}") from None
+    text = read_text_arg(problem, "problem")
     with open_orchestrator(db, device, remote) as orc, stderr.status(f"running {esc(g.name)} ..."):
-        alloc = read_allocation(orc, allocation, g) if allocation is not None else g.default_allocation()
-        result = solve_graph(orc, g, obj, alloc, policy=policy)
+        result = orc.solve(g, text, allocation=allocation, policy=policy)
     _show(result, json_out)
 
 

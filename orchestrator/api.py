@@ -35,7 +35,7 @@ from ttc.strategies.registry import StrategySpec, get_strategy
 from ttc.tasks.registry import get_task
 
 if TYPE_CHECKING:
-    from .graph import Allocation, GraphResult, GraphSpec
+    from .graph import GraphResult, GraphSpec
 
 from ._run_guard import RunInterrupted, deferred_signals, stop_on_signals
 from .durability import (
