@@ -205,6 +205,9 @@ def compile_graph(orc, graph: GraphSpec, allocation: Allocation, ledger: Ledger,
 
         return node
 
+    def fan_total(name: str, state: _State) -> int:
+        return allocation.stages[name].budget_tokens + state.get("carried", {}).get(name, 0)
+
     def make_fan(name: str):
         # Marks the stage started (and fixes its carry) before its items are sent.
         def fan(state: _State) -> dict:
@@ -218,8 +221,7 @@ def compile_graph(orc, graph: GraphSpec, allocation: Allocation, ledger: Ledger,
                 raise BadInputError(f"fan-out stage {name!r}: its input must be a list of problems")
             if not items:
                 return name
-            total = allocation.stages[name].budget_tokens + state.get("carried", {}).get(name, 0)
-            share = total // len(items)  # shares never add up to more than the stage's budget
+            share = fan_total(name, state) // len(items)  # shares never add up to more than the stage's budget
             return [Send(f"__item__{name}", {"stage": name, "index": i, "problem": p, "tokens": share})
                     for i, p in enumerate(items)]
 
@@ -231,7 +233,6 @@ def compile_graph(orc, graph: GraphSpec, allocation: Allocation, ledger: Ledger,
         def join(state: _State) -> dict:
             got = [v for _, v in sorted(state.get("items", {}).get(name, {}).items(), key=lambda kv: int(kv[0]))]
             option = allocation.stages[name]
-            total = option.budget_tokens + state.get("carried", {}).get(name, 0)
             given = sum(g.get("granted") or 0 for g in got)
             verdicts = [g.get("correct") for g in got]
             out = StageOutput(stage=name, answer=[g.get("answer") for g in got],
@@ -242,7 +243,7 @@ def compile_graph(orc, graph: GraphSpec, allocation: Allocation, ledger: Ledger,
                               stop_reason=",".join(sorted({str(g.get("stop_reason")) for g in got})) or None,
                               problem={"items": [g.get("problem") for g in got]})
             # What the items left, and the remainder no item was given, is the stage's leftover.
-            return finish(name, out, sum(g.get("left", 0) for g in got) + total - given, 0)
+            return finish(name, out, sum(g.get("left", 0) for g in got) + fan_total(name, state) - given, 0)
 
         return fan, route, item, join
 
