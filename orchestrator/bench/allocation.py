@@ -67,12 +67,12 @@ def _default_allocation(graph, space):
 def _marginal_weights(table, pick) -> dict[str, float]:
     """Each stage's gain in score per token from its option to the next budget up (>= 0)."""
     weights = {}
+    here = table.get(pick)
     for s, o in pick.stages.items():
         ups = sorted((x for x in table.space.options[s]
                       if (x.model, x.strategy, x.params) == (o.model, o.strategy, o.params)
                       and x.budget_tokens > o.budget_tokens), key=lambda x: x.budget_tokens)
         up = table.get(pick.with_stage(s, ups[0])) if ups else None
-        here = table.get(pick)
         weights[s] = max(0.0, (up.score - here.score) / (ups[0].budget_tokens - o.budget_tokens)) if up and here else 0.0
     return weights
 
@@ -98,9 +98,10 @@ def regularities(table) -> dict[str, Any]:
     for s, rows in by_option.items():
         for label, scores in rows.items():
             head, budget = label.rsplit("@", 1)
-            curves.setdefault(s, {}).setdefault(head, {})[int(budget)] = round(statistics.fmean(scores), 4)
+            mean = round(statistics.fmean(scores), 4)
+            curves.setdefault(s, {}).setdefault(head, {})[int(budget)] = mean
             model = head.split("/", 1)[0]
-            models.setdefault(s, {})[model] = max(models.get(s, {}).get(model, 0.0), round(statistics.fmean(scores), 4))
+            models.setdefault(s, {})[model] = max(models.get(s, {}).get(model, 0.0), mean)
     return {"models": models,
             "budget_curves": {s: {h: dict(sorted(c.items())) for h, c in cs.items()} for s, cs in curves.items()},
             "interdependence": {so: {po: round(statistics.fmean(v), 4) for po, v in rows.items()}
@@ -241,7 +242,8 @@ def run_allocation_bench(*, quick: bool = False, tables: list[Path] | None = Non
             recorded = _build_tables(orc, list(PIPELINES), train, workers, scratch, out_dir, say)
         names = [n for n in PIPELINES if n in recorded] + [n for n in recorded if n not in PIPELINES]
         # Replayed tables hold their own train split: count it, not the default.
-        n_train = max(len(next(iter(recorded[n].trials()))[1].scores) for n in names)
+        table_train = {n: len(next(iter(recorded[n].trials()))[1].scores) for n in names}
+        n_train = max(table_train.values())
         say("searching: " + ", ".join(f"{n} ({len(recorded[n])} allocations)" for n in names))
         searched = {n: _searches(recorded[n], seeds, cap) for n in names}
         tested = _test_scores(names, recorded, searched, test, workers, scratch, say)
@@ -251,7 +253,7 @@ def run_allocation_bench(*, quick: bool = False, tables: list[Path] | None = Non
             best = max((r.score for _, r in t.trials()), default=0.0)
             row: dict[str, Any] = {
                 "name": n, "budget": t.space.budget, "n_allocations": len(t), "n_optimal": len(s["optimum"]),
-                "n_train": len(next(iter(t.trials()))[1].scores), "best_train_score": best,
+                "n_train": table_train[n], "best_train_score": best,
                 "trials_to_optimum": {}, "reached_fraction": {}, "test_score": {}, "test_score_ci95": {},
                 "trials_to_optimum_per_seed": {}, "picks": {},
             }
@@ -282,7 +284,6 @@ def run_allocation_bench(*, quick: bool = False, tables: list[Path] | None = Non
         **bench_header("allocation", seed=SEED, quick=quick, n_problems=n_train, started=started,
                        models=[{"name": m, "digest": i.checkpoint_digest} for m, i in infos.items()]),
         "n_train": n_train, "n_test": n_test, "seeds": seeds, "trial_cap": cap,
-        "tables_recorded_at": "this run" if not tables else "read from the files in tables_from",
         "tables_from": [str(p) for p in tables] if tables else "recorded live",
         "tables": rows, "reallocation": realloc, "regularities": regs,
     }
