@@ -101,6 +101,9 @@ class _PooledDecoding:
         self.mask = torch.ones((width, len(prompt)), dtype=torch.long, device=dev)
         self.logits = self.first_logits.expand(width, -1)
 
+    def _row_params(self, row: int) -> SamplingParams:
+        return self.params  # one prompt, one request: every sample shares its parameters
+
     def _new_sample(self) -> int:
         for per_sample in (self.tokens, self.logprobs):
             per_sample.append([])

@@ -1,10 +1,7 @@
 """In-process backend over any local Hugging Face causal-LM checkpoint (CPU or GPU).
 
-Why a hand-written decode loop instead of ``model.generate``: budgets need the exact
-number of tokens each sample spent, stop strings must end one sample without ending
-the batch, and the N samples of one prompt must share a single prefill. The loop
-prefills each prompt once, copies its KV cache N times (``batch_repeat_interleave``)
-and decodes all samples of all prompts as one batch, dropping rows as they finish.
+Sampling runs a hand-written batched decode loop (``_decode``: why not ``model.generate``
+is said there): each prompt is prefilled once and its N samples share that KV cache.
 
 Under a pooled token cap (``SamplingParams.max_total_tokens``) a prompt's samples decode
 instead by continuous batching over its cached prefix (:class:`_PooledDecoder`): a row
@@ -27,16 +24,13 @@ from pathlib import Path
 
 import torch
 
+from ._decode import MAX_BATCH_ROWS, _Decoder
 from ._pooled import _pool_binds, _PooledDecoding
 from ._remote_code import refuse_remote_code
 from .errors import BadInputError, CheckpointError
-from .types import Completion, Generation, ModelInfo, SamplingParams, Usage
+from .types import Generation, ModelInfo, SamplingParams
 
 __all__ = ["TransformersBackend", "TokenStream", "checkpoint_digest", "load_tokenizer", "refuse_remote_code"]
-
-# Rows decoded together at most; more prompts x samples are processed in chunks.
-MAX_BATCH_ROWS = 256
-
 
 def checkpoint_digest(path: str | Path) -> str:
     """SHA-256 over a checkpoint's weight files, in name order (identity of a model)."""
@@ -269,165 +263,6 @@ class TransformersBackend:
             dtype_bytes=torch.finfo(self.model.dtype).bits // 8,
             checkpoint_digest=checkpoint_digest(self.path),
         )
-
-
-class _Decoder:
-    """One batched decode: prompts prefilled once, their samples decoded as one batch."""
-
-    def __init__(self, backend: TransformersBackend, prompts: list[list[int]], params: SamplingParams):
-        from transformers import DynamicCache
-
-        self.b = backend
-        self.params = params
-        self.prompt_lens = [len(p) for p in prompts]
-        n = params.n
-        dev = backend.device
-        ctx = backend.info.max_context
-        # Never decode past the model's context; such samples end with "length".
-        self.max_new = [
-            min(params.max_tokens, ctx - plen) if ctx else params.max_tokens for plen in self.prompt_lens
-        ]
-        self.generator = None
-        if params.seed is not None:
-            self.generator = torch.Generator(device=dev).manual_seed(params.seed)
-        rows = len(prompts) * n
-        self.tokens: list[list[int]] = [[] for _ in range(rows)]
-        self.logprobs: list[list[float]] = [[] for _ in range(rows)]
-        self.finish: list[str | None] = [None] * rows
-        self.stop_hit: list[bool] = [False] * rows
-        # In UTF-8 bytes: every token that is not special decodes to at least one byte,
-        # so a stop string of k bytes spans at most k such tokens (a character may not).
-        self.max_stop = max((len(s.encode("utf-8")) for s in params.stop), default=0)
-
-        # Prefill every prompt once, left-padded to a common length.
-        width = max(self.prompt_lens)
-        ids = torch.full((len(prompts), width), backend._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p) :] = torch.tensor(p)
-            mask[i, width - len(p) :] = 1
-        ids, mask = ids.to(dev), mask.to(dev)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        self.cache = DynamicCache(config=backend.model.config)
-        with torch.inference_mode():
-            out = backend.model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions,
-                use_cache=True,
-                logits_to_keep=1,
-                **{backend._cache_kw: self.cache},
-            )
-        # The shared prefix is now cached once; copy it for each of the n samples.
-        if n > 1:
-            self.cache.batch_repeat_interleave(n)
-        self.logits = out.logits[:, -1, :].float().repeat_interleave(n, dim=0)
-        self.mask = mask.repeat_interleave(n, dim=0)
-        self.next_pos = positions[:, -1].repeat_interleave(n, dim=0) + 1
-        self.active = torch.arange(rows, device=dev)  # row ids still decoding, in batch order
-
-    def step(self) -> bool:
-        """Samples one token for every active row; returns False once all rows finished."""
-        if self.active.numel() == 0:
-            return False
-        tok, lp = self._sample(self.logits)
-        keep: list[int] = []
-        for j, row in enumerate(self.active.tolist()):
-            t = int(tok[j])
-            self.tokens[row].append(t)
-            if self.params.logprobs:
-                self.logprobs[row].append(float(lp[j]))
-            if t in self.b._eos_ids and not self.params.ignore_eos:
-                self.finish[row] = "stop"
-            elif self.max_stop and self._hits_stop(row):
-                self.finish[row], self.stop_hit[row] = "stop", True
-            elif len(self.tokens[row]) >= self.max_new[row // self.params.n]:
-                self.finish[row] = "length"
-            else:
-                keep.append(j)
-        if not keep:
-            self.active = self.active[:0]
-            return False
-        if len(keep) < self.active.numel():
-            # Drop finished rows so that they stop costing compute.
-            idx = torch.tensor(keep, device=self.active.device)
-            self.cache.batch_select_indices(idx)
-            self.active, self.mask, self.next_pos, tok = (
-                self.active[idx], self.mask[idx], self.next_pos[idx], tok[idx]
-            )
-        self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=1)
-        with torch.inference_mode():
-            out = self.b.model(
-                input_ids=tok.view(-1, 1),
-                attention_mask=self.mask,
-                position_ids=self.next_pos.view(-1, 1),
-                use_cache=True,
-                **{self.b._cache_kw: self.cache},
-            )
-        self.next_pos = self.next_pos + 1
-        self.logits = out.logits[:, -1, :].float()
-        return True
-
-    def _sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        p = self.params
-        raw_lp = torch.log_softmax(logits, dim=-1) if p.logprobs else None
-        if p.temperature == 0:
-            tok = logits.argmax(dim=-1)
-        else:
-            scaled = logits / p.temperature
-            if p.top_p < 1.0:
-                sorted_logits, order = scaled.sort(dim=-1, descending=True)
-                cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-                # Keep the smallest prefix whose mass reaches top_p (always the top token).
-                drop = cum - sorted_logits.softmax(dim=-1) >= p.top_p
-                sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-                scaled = torch.full_like(scaled, float("-inf")).scatter(-1, order, sorted_logits)
-            probs = scaled.softmax(dim=-1)
-            tok = torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
-        lp = raw_lp.gather(-1, tok.view(-1, 1)).squeeze(-1) if raw_lp is not None else tok
-        return tok, lp
-
-    def _hits_stop(self, row: int) -> bool:
-        # A stop string of k bytes spans at most k non-special tokens: decode only that
-        # tail plus one token of left context. Special tokens decode to nothing, so they
-        # do not count towards the tail.
-        ids, special = self.tokens[row], self.b._special_ids
-        start, real = len(ids), 0
-        while start > 0 and real <= self.max_stop:
-            start -= 1
-            real += ids[start] not in special
-        tail = self.b.tokenizer.decode(ids[start:], skip_special_tokens=True)
-        return any(s in tail for s in self.params.stop)
-
-    def text(self, row: int) -> str:
-        ids = self.tokens[row]
-        if ids and ids[-1] in self.b._eos_ids and not self.params.ignore_eos:
-            ids = ids[:-1]
-        text = self.b.tokenizer.decode(ids, skip_special_tokens=True)
-        if self.stop_hit[row]:
-            cut = min((i for i in (text.find(s) for s in self.params.stop) if i >= 0), default=len(text))
-            text = text[:cut]
-        return text
-
-    def generations(self, latency: float) -> list[Generation]:
-        n = self.params.n
-        out = []
-        for i, plen in enumerate(self.prompt_lens):
-            comps = [
-                Completion(
-                    text=self.text(r),
-                    completion_tokens=len(self.tokens[r]),
-                    finish_reason=self.finish[r] or "length",
-                    token_ids=list(self.tokens[r]),
-                    logprobs=list(self.logprobs[r]) if self.params.logprobs else None,
-                )
-                for r in range(i * n, (i + 1) * n)
-            ]
-            usage = Usage(prompt_tokens=plen, completion_tokens=sum(c.completion_tokens for c in comps), calls=1)
-            out.append(
-                Generation(model=self.b.name, prompt_tokens=plen, completions=comps, usage=usage, latency_s=latency)
-            )
-        return out
 
 
 class _PooledDecoder(_PooledDecoding, _Decoder):
