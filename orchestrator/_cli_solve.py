@@ -167,6 +167,7 @@ def evaluate(
     budget_tokens: BudgetOpt = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use the first N problems only.")] = None,
     resume: Annotated[str | None, typer.Option("--resume", metavar="RUN_ID", help="Finish an interrupted eval run; its problems and settings come from the store.")] = None,
+    max_concurrency: Annotated[int, typer.Option("--max-concurrency", min=1, max=1024, help="Problems solved at once; their calls to one in-process model are batched (same answers).")] = 1,
     base_url: BaseUrlOpt = None,
     device: DeviceOpt = "auto",
     remote: RemoteOptions = NO_REMOTE,
@@ -207,10 +208,12 @@ def evaluate(
 
         try:
             if resume is not None:
-                report = orc.resume(resume, base_url=base_url, on_problem=tick, on_start=start)
+                report = orc.resume(resume, base_url=base_url, on_problem=tick, on_start=start,
+                                    max_concurrency=max_concurrency)
             else:
                 report = orc.evaluate(task, loaded, strategy=strategy, model=model, budget=budget, base_url=base_url,
-                                      on_problem=tick, on_start=start, **models, **params)
+                                      on_problem=tick, on_start=start, max_concurrency=max_concurrency,
+                                      **models, **params)
         except RunInterrupted as exc:
             # typer turns any KeyboardInterrupt into exit 130; RunStopped carries 130 or 143.
             raise exc.as_error() from None

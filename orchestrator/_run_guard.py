@@ -48,6 +48,8 @@ class RunInterrupted(KeyboardInterrupt):
         self.signum = signum
         self.run_id: str | None = None
         self.resumable = False
+        #: The command that finishes the run (default: ``ttc eval --resume RUN_ID``).
+        self.resume_command: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -65,7 +67,7 @@ class RunInterrupted(KeyboardInterrupt):
         if self.run_id:
             text = f"run {self.run_id} {text}"
             if self.resumable:
-                text += f"; finish it with: ttc eval --resume {self.run_id}"
+                text += f"; finish it with: {self.resume_command or f'ttc eval --resume {self.run_id}'}"
         return text
 
     def as_error(self) -> RunStopped:

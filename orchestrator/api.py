@@ -29,7 +29,7 @@ from ttc.core.budget import Budget, Ledger
 from ttc.core.calls import call_model
 from ttc.core.contracts import ModelPool, SolveContext
 from ttc.core.types import Result
-from ttc.store import RunDetail, RunRecord, StatsRecord, StoreError, TraceStore
+from ttc.store import StoreError, TraceStore
 from ttc.store.engine import resolve_db_url
 from ttc.strategies.registry import StrategySpec, get_strategy
 from ttc.tasks.registry import get_task
@@ -47,6 +47,7 @@ from .durability import (
     run_eval,
 )
 from .models import load_backend
+from ._trace_queries import TraceQueries
 from .tracing import StoreTracer, one_line
 
 __all__ = ["Orchestrator", "GenerateResult", "EvalReport"]
@@ -107,7 +108,7 @@ class _StoreArtifacts:
         return None
 
 
-class Orchestrator:
+class Orchestrator(TraceQueries):
     """Entry point of the Python API.
 
     Args:
@@ -130,6 +131,9 @@ class Orchestrator:
                         if v is not None}
         self._store: TraceStore | None = None
         self._backends: dict[tuple[str, str | None], Backend] = {}
+        #: Wrap in-process models loaded from now on in a GenerationQueue, so that the calls
+        #: of concurrent jobs (batch, eval with max_concurrency, serve) decode together.
+        self.batch_generation = False
         self._load_lock = threading.RLock()
 
     @property
@@ -152,7 +156,12 @@ class Orchestrator:
             options = dict(self._remote) if base_url else {}
             if self.trust_remote_code:
                 options["trust_remote_code"] = True
-            self._backends[key] = load_backend(model, base_url=base_url, device=self.device, **options)
+            backend = load_backend(model, base_url=base_url, device=self.device, **options)
+            if self.batch_generation and base_url is None:
+                from ttc.backends.queue import GenerationQueue
+
+                backend = GenerationQueue(backend)
+            self._backends[key] = backend
         return self._backends[key]
 
     @contextmanager
@@ -322,6 +331,7 @@ class Orchestrator:
         base_url: str | None = None,
         on_problem: Callable[[int, Result], None] | None = None,
         on_start: Callable[[int, list[Result]], None] | None = None,
+        max_concurrency: int = 1,
         **params: Any,
     ) -> "EvalReport":
         """Runs a strategy over problems (each with its own ``budget``) as one traced, resumable run.
@@ -337,6 +347,9 @@ class Orchestrator:
             on_problem: Called after each problem is committed, with its index and Result.
             on_start: Called once before any problem, with the number of problems and the
                 results already stored (none here; see :meth:`resume`).
+            max_concurrency: Problems solved at once; above 1, in-process models loaded from
+                now on batch the problems' calls together (``GenerationQueue``). The answers
+                are those of one problem at a time.
 
         Returns:
             Accuracy with its Wilson 95% interval, usage and compute totals, per-problem rows.
@@ -350,6 +363,7 @@ class Orchestrator:
         parsed = [_parse_problem(task_obj, p) for p in problems]
         if not parsed:
             raise BadInputError("no problems to evaluate")
+        self.batch_generation = self.batch_generation or max_concurrency > 1
         pool = self.models(task, model, models, base_url=base_url)
         spec.check_models(pool)
         wanted = {**(models or {}), **({"policy": model} if model is not None else {})}
@@ -361,7 +375,8 @@ class Orchestrator:
                                       attributes={**attributes, "eval": plan.model_dump(mode="json")})
         # Objects among the parameters reach this run's strategy, though a resume cannot restore them.
         objects = {k: v for k, v in params.items() if k not in plan.params}
-        return run_eval(self, run_id, plan, task_obj, spec, pool, attributes, {}, on_problem, on_start, objects)
+        return run_eval(self, run_id, plan, task_obj, spec, pool, attributes, {}, on_problem, on_start, objects,
+                        max_concurrency)
 
     def resume(
         self,
@@ -371,6 +386,7 @@ class Orchestrator:
         base_url: str | None = None,
         on_problem: Callable[[int, Result], None] | None = None,
         on_start: Callable[[int, list[Result]], None] | None = None,
+        max_concurrency: int = 1,
     ) -> "EvalReport":
         """Finishes an interrupted (or failed) eval run from the store: same run id, same settings.
 
@@ -384,7 +400,7 @@ class Orchestrator:
             models: Backends by role, for roles the run was given as objects rather than
                 names (their checkpoint digests must still match).
             base_url: Where the served models are now, if not where the run found them.
-            on_problem, on_start: As for :meth:`evaluate`.
+            on_problem, on_start, max_concurrency: As for :meth:`evaluate`.
 
         Raises:
             BadInputError: No such run, not an eval, still running, its model checkpoints
@@ -401,13 +417,15 @@ class Orchestrator:
         if run.status == "ok":
             return report_from_jobs(run.id, plan, run.attributes.get("model", ""), stored, len(stored))
         wanted = plan.models_to_load(run.id, models or {})
+        self.batch_generation = self.batch_generation or max_concurrency > 1
         pool = self.models(plan.task, None, wanted, base_url=base_url or plan.base_url)
         spec.check_models(pool)
         plan.check_models(run.id, digests(pool))
         if not self.store.claim_run(run.id, run.status):
             raise BadInputError(f"run {run.id} changed while resuming it (another process resumed it?)")
         attributes = {**plan.run_attributes(pool), "resumed": len(stored)}
-        return run_eval(self, run.id, plan, task_obj, spec, pool, attributes, stored, on_problem, on_start, {})
+        return run_eval(self, run.id, plan, task_obj, spec, pool, attributes, stored, on_problem, on_start, {},
+                        max_concurrency)
 
     @staticmethod
     def _prepare(task: str, strategy: str, params: dict[str, Any]) -> tuple[Any, StrategySpec]:
@@ -467,17 +485,6 @@ class Orchestrator:
             flops=result.cost.flops, paper_flops=result.cost.paper_flops, eflops=result.cost.eflops,
             skipped=result.skipped, overdrawn=ledger.overdrawn,
         )
-
-    # ------------------------------------------------------------------ traces
-
-    def list_runs(self, limit: int = 20, kind: str | None = None, status: str | None = None) -> list[RunRecord]:
-        return self.store.list_runs(limit=limit, kind=kind, status=status)
-
-    def get_run(self, run_id: str) -> RunDetail:
-        return self.store.get_run(run_id)
-
-    def stats(self, kind: str | None = None) -> StatsRecord:
-        return self.store.stats(kind=kind)
 
     def close(self) -> None:
         for b in self._backends.values():

@@ -13,7 +13,6 @@ from typing import Annotated
 
 import typer
 from pydantic import ValidationError
-from rich.tree import Tree
 
 from ttc.backends.errors import TTCError
 from ttc.backends.types import SamplingParams
@@ -23,11 +22,13 @@ from ._cli_common import (
     NO_REMOTE, DbOption, JsonOption, RemoteOptions, check_budget, check_int, check_seed, check_temperature,
     check_top_p, emit_json, esc, make_table, open_orchestrator, read_text_arg, stderr, stdout, with_remote_options,
 )
+from ._cli_batch import batch_app
 from ._cli_bench import bench_app
 from ._cli_models import models_app
 from ._cli_graph import allocate, graph_app
 from ._cli_registry import strategies_app, tasks_app, verify_app
 from ._cli_solve import evaluate, solve
+from ._cli_traces import traces_app
 
 try:  # typer >= 0.2x parses with its own copy of click, whose errors are not click's
     from typer._click import exceptions as _parser_errors
@@ -50,10 +51,10 @@ app = typer.Typer(
     # Plain help: Rich's help panels print a type after every flag (`--json <bool>`).
     rich_markup_mode=None,
 )
-traces_app = typer.Typer(help="Query the trace store.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(traces_app, name="traces")
 app.add_typer(bench_app, name="bench")
+app.add_typer(batch_app, name="batch")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(strategies_app, name="strategies")
 app.add_typer(verify_app, name="verify")
@@ -142,106 +143,6 @@ def generate(
 
 app.command("solve")(solve)
 app.command("eval")(evaluate)
-
-
-# ---------------------------------------------------------------------- traces
-
-
-@traces_app.command("list")
-def traces_list(
-    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000, help="Runs to show at most.")] = 20,
-    kind: Annotated[str | None, typer.Option("--kind")] = None,
-    status: Annotated[str | None, typer.Option("--status")] = None,
-    db: DbOption = None,
-    json_out: JsonOption = False,
-) -> None:
-    """List recent runs, newest first."""
-    with open_orchestrator(db) as orc:
-        runs = orc.list_runs(limit=limit, kind=kind, status=status)
-    if json_out:
-        emit_json({"runs": runs})
-        return
-    table = make_table("id", "kind", "name", "status", "started", "in", "out")
-    for r in runs:
-        table.add_row(esc(r.id), esc(r.kind), esc(r.name), esc(r.status), r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-                      str(r.input_tokens), str(r.output_tokens))
-    stdout.print(table if runs else "no runs recorded yet")
-
-
-def _span_label(s) -> str:
-    label = f"{esc(s.kind)}:{esc(s.name)}"
-    if s.model:
-        label += f" model={esc(s.model)}"
-    if s.input_tokens or s.output_tokens:
-        label += f" in={s.input_tokens} out={s.output_tokens}"
-    if s.finish_reason:
-        label += f" finish={esc(s.finish_reason)}"
-    if s.latency_s is not None:
-        label += f" {s.latency_s * 1000:.0f}ms"
-    if s.status == "error":
-        label += f" [red]error: {esc(s.error)}[/]"
-    return label
-
-
-@traces_app.command("show")
-def traces_show(
-    run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix of at least 6 characters.")],
-    db: DbOption = None,
-    json_out: JsonOption = False,
-) -> None:
-    """Show one run: its spans as a tree, and its candidates."""
-    with open_orchestrator(db) as orc:
-        detail = orc.get_run(run_id)
-    if json_out:
-        emit_json(detail)
-        return
-    r = detail.run
-    colour = "green" if r.status == "ok" else "red"
-    root = Tree(f"[bold]{esc(r.kind)}[/] {esc(r.name)}  {esc(r.id)}  [{colour}]{esc(r.status)}[/]"
-                f"  in={r.input_tokens} out={r.output_tokens}")
-    if r.error:
-        root.add(f"[red]error: {esc(r.error)}[/]")
-    # Parents end after their children, so spans are placed by parent id in a second pass.
-    nodes = {s.id: (s, _span_label(s)) for s in detail.spans}
-    children: dict[str | None, list[str]] = {}
-    for sid, (s, _) in nodes.items():
-        parent = s.parent_id if s.parent_id in nodes else None
-        children.setdefault(parent, []).append(sid)
-
-    def attach(tree: Tree, parent: str | None) -> None:
-        for sid in children.get(parent, []):
-            attach(tree.add(nodes[sid][1]), sid)
-
-    attach(root, None)
-    stdout.print(root)
-    if detail.candidates:
-        table = make_table("#", "answer", "correct", "score", "tokens", "text", title="candidates")
-        for c in detail.candidates:
-            table.add_row(str(c.idx), esc(c.answer), str(c.correct), "" if c.score is None else f"{c.score:.3g}",
-                          str(c.tokens), esc(repr(c.text[:80])))
-        stdout.print(table)
-
-
-@traces_app.command("stats")
-def traces_stats(
-    kind: Annotated[str | None, typer.Option("--kind")] = None,
-    db: DbOption = None,
-    json_out: JsonOption = False,
-) -> None:
-    """Totals over the store: runs by status, tokens per model, spans per kind."""
-    with open_orchestrator(db) as orc:
-        st = orc.stats(kind=kind)
-    if json_out:
-        emit_json(st)
-        return
-    stdout.print(f"runs: {st.runs} {esc(dict(st.runs_by_status))}; "
-                 f"tokens: {st.input_tokens} in, {st.output_tokens} out")
-    table = make_table("model", "calls", "in", "out", "mean latency")
-    for m in st.models:
-        lat = "" if m.mean_latency_s is None else f"{m.mean_latency_s * 1000:.0f}ms"
-        table.add_row(esc(m.model), str(m.calls), str(m.input_tokens), str(m.output_tokens), lat)
-    stdout.print(table)
-    stdout.print(f"spans by kind: {esc(dict(st.span_kinds))}")
 
 
 # ---------------------------------------------------------------------- demo

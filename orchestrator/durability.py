@@ -11,10 +11,13 @@ interruption changes no answer.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import os
+import queue
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -303,9 +306,56 @@ def report_from_jobs(run_id: str, plan: EvalPlan, model: str, jobs: Mapping[str,
     return EvalReport.from_results(plan.task, plan.strategy, model, plan.problems, results, run_id, resumed)
 
 
+def _in_threads(fn: Callable[[int], Result], items: list[int], workers: int) -> Iterator[tuple[int, Result]]:
+    """``(i, fn(i))`` for each item, in order with one worker, else as they finish on daemon
+    threads (with the caller's context, so their spans nest under its span). The first
+    failure is raised here; the other workers take no new item and are waited for."""
+    if workers <= 1:
+        for i in items:
+            yield i, fn(i)
+        return
+    todo: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for i in items:
+        todo.put(i)
+    done: queue.SimpleQueue[tuple[int, Result | None, BaseException | None]] = queue.SimpleQueue()
+    stop = threading.Event()
+
+    def work() -> None:
+        while not stop.is_set():
+            try:
+                i = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                done.put((i, fn(i), None))
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                done.put((i, None, exc))
+
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True)
+               for _ in range(min(workers, len(items)))]
+    for t in threads:
+        t.start()
+    try:
+        for _ in items:
+            while True:
+                try:
+                    i, result, exc = done.get(timeout=0.2)  # short waits: signals reach this thread
+                    break
+                except queue.Empty:
+                    continue
+            if exc is not None:
+                raise exc
+            assert result is not None
+            yield i, result
+    finally:
+        stop.set()
+        for t in threads:  # a process must not exit with a thread inside torch
+            t.join()
+
+
 def run_eval(orc: Runner, run_id: str, plan: EvalPlan, task_obj: Any, spec: StrategySpec, pool: ModelPool,
              attributes: dict[str, Any], stored: Mapping[str, JobRecord], on_problem: OnProblem | None,
-             on_start: OnStart | None, objects: Mapping[str, Any]) -> EvalReport:
+             on_start: OnStart | None, objects: Mapping[str, Any], max_concurrency: int = 1) -> EvalReport:
     """Runs the plan's problems that have no stored result, as run ``run_id`` (started or claimed).
 
     Args:
@@ -317,15 +367,18 @@ def run_eval(orc: Runner, run_id: str, plan: EvalPlan, task_obj: Any, spec: Stra
         on_problem: Called after each problem is committed, with its index and Result.
         on_start: Called once, with the number of problems and the stored results.
         objects: Strategy parameters that are objects (not in the plan; a fresh run only).
+        max_concurrency: Problems solved at once (their calls to one in-process model are
+            batched when the orchestrator's ``batch_generation`` is on); results are the
+            same as one at a time, since each problem's seed derives from its key.
     """
     store = orc.store
     budget = Budget(**plan.budget)
     with orc._traced(run_id, f"{plan.task}/{plan.strategy}", attributes, resumable=plan.resumable) as tracer:
         if on_start is not None:
             on_start(len(plan.problems), [_stored_result(stored[k]) for k in plan.keys if k in stored])
-        for idx, (key, problem) in enumerate(zip(plan.keys, plan.problems)):
-            if key in stored:
-                continue
+
+        def solve(idx: int) -> Result:
+            key, problem = plan.keys[idx], plan.problems[idx]
             try:
                 with tracer.span("problem", str(problem["id"]), problem=problem) as span:
                     result = orc._run_strategy(tracer, task_obj, spec, pool, problem, budget,
@@ -334,9 +387,14 @@ def run_eval(orc: Runner, run_id: str, plan: EvalPlan, task_obj: Any, spec: Stra
             except Exception as exc:
                 _record_failure(orc, run_id, key, idx, exc)
                 raise
+            return result
+
+        todo = [i for i, key in enumerate(plan.keys) if key not in stored]
+        for idx, result in _in_threads(solve, todo, max_concurrency):
             # Committed with the problem's spans before anything counts it; a stop waits for it.
             with deferred_signals():
-                store.record_job(JobRecord(run_id=run_id, key=key, idx=idx, result=_job_result(problem, result)))
+                store.record_job(JobRecord(run_id=run_id, key=plan.keys[idx], idx=idx,
+                                           result=_job_result(plan.problems[idx], result)))
             if on_problem is not None:
                 on_problem(idx, result)
         jobs = {j.key: j for j in store.list_jobs(run_id, status="ok")}

@@ -105,7 +105,7 @@ class DurableRuns:
         """Commit a finished job, with every record buffered before it, in one transaction.
 
         A job already stored ``ok`` is kept (a job is never done twice); an ``error`` row
-        is replaced and its ``attempts`` counted up.
+        is replaced and the new row's ``attempts`` (default 1) added to its count.
 
         Returns:
             Whether this row was written (False: the job was already stored ok).
@@ -126,7 +126,7 @@ class DurableRuns:
             written = bool(conn.execute(
                 update(Job.__table__)
                 .where(Job.run_id == job.run_id, Job.key == job.key, Job.status != "ok")
-                .values(**retry, attempts=Job.attempts + 1)
+                .values(**retry, attempts=Job.attempts + job.attempts)
             ).rowcount)
 
         self._check_open()

@@ -14,9 +14,16 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 __all__ = [
     "CandidateRecord",
+    "CompareRecord",
+    "GroupStats",
+    "GroupedStats",
     "JobRecord",
     "ModelStats",
+    "OutcomeRecord",
+    "ProblemPair",
     "RunDetail",
+    "RunFilter",
+    "RunPoint",
     "RunRecord",
     "SpanRecord",
     "StatsRecord",
@@ -231,3 +238,164 @@ class StatsRecord(BaseModel):
     output_tokens: int
     models: list[ModelStats]
     span_kinds: dict[str, int]
+
+
+# ---------------------------------------------------------------------- trace queries
+
+
+class RunFilter(BaseModel):
+    """Which runs (and outcomes) a trace query looks at; None means any.
+
+    ``kind``, ``status``, ``since`` and ``until`` select runs; ``task``, ``strategy``,
+    ``model`` and ``stage`` select runs whose attributes name them and, in outcome
+    queries, the outcomes that have them. ``limit`` keeps the newest matching runs.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str | None = None
+    status: RunStatus | None = None
+    task: str | None = None
+    strategy: str | None = None
+    model: str | None = None
+    stage: str | None = None
+    since: UTCDateTime | None = None
+    until: UTCDateTime | None = None
+    limit: int | None = Field(default=None, ge=1)
+
+
+class OutcomeRecord(BaseModel):
+    """One graded unit of work: an eval problem, a batch job, a graph stage, or a whole run.
+
+    Attributes:
+        run_id: The run it belongs to.
+        run_kind: That run's kind.
+        source: "problem", "job" or "stage" (the span kind it came from), or "run" for a
+            run without such spans (a solve, a generate).
+        key: Problem id, ``custom_id``, stage name, or the run's name.
+        span_id: The span it came from; None for "run" outcomes.
+        task, strategy, model: What solved it (the span's own, else the run's).
+        stage: The graph stage, for "stage" outcomes.
+        correct: The verdict; None when unknown.
+        tokens: Tokens spent on it (prompt prefilled + generated).
+        flops: FLOPs spent on it; None when no span recorded them.
+        latency_s: Wall-clock seconds.
+        status: "ok" or "error".
+        started_at: When it started.
+    """
+
+    run_id: str
+    run_kind: str
+    source: str
+    key: str
+    span_id: str | None = None
+    task: str | None = None
+    strategy: str | None = None
+    model: str | None = None
+    stage: str | None = None
+    correct: bool | None = None
+    tokens: int = 0
+    flops: float | None = None
+    latency_s: float | None = None
+    status: str = "ok"
+    started_at: UTCDateTime | None = None
+
+
+class GroupStats(BaseModel):
+    """Aggregates over the outcomes of one group (one strategy, model, stage, ...).
+
+    Attributes:
+        key: The group's value (None: outcomes that have none, e.g. no stage).
+        runs: Distinct runs the outcomes come from.
+        problems: Outcomes.
+        known: Outcomes whose verdict is known.
+        correct: Outcomes known to be correct.
+        accuracy: ``correct / known``; None when nothing is known.
+        errors: Outcomes whose span ended in an error.
+        tokens: Total tokens.
+        mean_tokens: Tokens per outcome.
+        flops: Total FLOPs over the outcomes that recorded them; None if none did.
+        mean_flops: FLOPs per outcome that recorded them.
+        latency_p50_s: Median outcome latency (linear interpolation, like percentile_cont).
+        latency_p95_s: 95th percentile of outcome latency.
+    """
+
+    key: str | None
+    runs: int
+    problems: int
+    known: int
+    correct: int
+    accuracy: float | None
+    errors: int
+    tokens: int
+    mean_tokens: float | None
+    flops: float | None
+    mean_flops: float | None
+    latency_p50_s: float | None
+    latency_p95_s: float | None
+
+
+class GroupedStats(BaseModel):
+    """Outcome statistics grouped by one field, with the total over every group."""
+
+    by: str | None
+    filters: RunFilter
+    groups: list[GroupStats]
+    total: GroupStats
+
+
+class RunPoint(BaseModel):
+    """One run as a point of accuracy against compute (for ``ttc traces plot``)."""
+
+    run_id: str
+    kind: str
+    name: str
+    task: str | None
+    strategy: str | None
+    model: str | None
+    created_at: UTCDateTime
+    problems: int
+    known: int
+    correct: int
+    accuracy: float | None
+    mean_tokens: float | None
+    mean_flops: float | None
+
+
+class ProblemPair(BaseModel):
+    """One problem's verdicts in two runs (None: unknown or missing there)."""
+
+    key: str
+    a: bool | None
+    b: bool | None
+
+
+class CompareRecord(BaseModel):
+    """Two runs compared problem by problem, on the problems both graded.
+
+    Attributes:
+        a, b: Full run ids.
+        matched: Problems with a known verdict in both runs.
+        both, only_a, only_b, neither: How the matched problems split.
+        accuracy_a, accuracy_b: Accuracy of each run on the matched problems.
+        mcnemar_p: Exact two-sided McNemar p-value over the discordant pairs (1.0 when
+            there are none).
+        unmatched_a, unmatched_b: Problems graded in one run only.
+        problems: Every problem either run has, with both verdicts.
+    """
+
+    a: str
+    b: str
+    a_name: str
+    b_name: str
+    matched: int
+    both: int
+    only_a: int
+    only_b: int
+    neither: int
+    accuracy_a: float | None
+    accuracy_b: float | None
+    mcnemar_p: float
+    unmatched_a: int
+    unmatched_b: int
+    problems: list[ProblemPair]
