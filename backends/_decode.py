@@ -55,20 +55,37 @@ class _Decoder:
 
     def __init__(self, backend: Any, prompts: list[list[int]], params: SamplingParams,
                  more: Sequence[tuple[list[list[int]], SamplingParams]] = ()):
-        from transformers import DynamicCache
-
         self.b = backend
-        dev = backend.device
-        ctx = backend.info.max_context
         self.reqs: list[_Request] = []
         self.prompt_lens: list[int] = []
         self.row_req: list[int] = []
         self.max_new: list[int] = []  # per row: never decode past the model's context ("length")
+        self.tokens: list[list[int]] = []
+        self.logprobs: list[list[float]] = []
+        self.finish: list[str | None] = []
+        self.stop_hit: list[bool] = []
+        self.completed: list[int] = []  # requests whose rows all finished, not yet collected
+        rows, flat = self._add_requests([(prompts, params), *more])
+        # The first request's view, which streams and the pooled decoder read.
+        self.params, self.generator = self.reqs[0].params, self.reqs[0].generator
+        self.cache, logits, mask, positions = self._prefill(flat)
+        # The shared prefix is now cached once; copy it for each sample of its prompt.
+        index = torch.tensor(rows, device=backend.device)
+        if len(rows) != len(flat):
+            self.cache.batch_select_indices(index)
+        self.logits, self.mask, self.next_pos = logits[index], mask[index], positions[:, -1][index] + 1
+        self.active = torch.arange(len(rows), device=backend.device)  # row ids still decoding, in batch order
+
+    def _add_requests(self, requests: Sequence[tuple[list[list[int]], SamplingParams]]
+                      ) -> tuple[list[int], list[list[int]]]:
+        # Row bookkeeping of new requests; returns each new row's prompt (an index into the
+        # returned prompts) and those prompts.
+        ctx = self.b.info.max_context
         row_prompt: list[int] = []
         flat: list[list[int]] = []
-        for g, (ps, p) in enumerate([(prompts, params), *more]):
-            req = _Request(ps, p, len(self.row_req), len(flat), dev)
-            self.reqs.append(req)
+        for ps, p in requests:
+            g = len(self.reqs)
+            self.reqs.append(_Request(ps, p, len(self.row_req), len(self.prompt_lens), self.b.device))
             for ids in ps:
                 cap = min(p.max_tokens, ctx - len(ids)) if ctx else p.max_tokens
                 row_prompt += [len(flat)] * p.n
@@ -76,43 +93,79 @@ class _Decoder:
                 self.max_new += [cap] * p.n
                 self.prompt_lens.append(len(ids))
                 flat.append(ids)
-        # The first request's view, which streams and the pooled decoder read.
-        self.params, self.generator = self.reqs[0].params, self.reqs[0].generator
-        self.max_stop = max(r.max_stop for r in self.reqs)
-        rows = len(self.row_req)
-        self.tokens: list[list[int]] = [[] for _ in range(rows)]
-        self.logprobs: list[list[float]] = [[] for _ in range(rows)]
-        self.finish: list[str | None] = [None] * rows
-        self.stop_hit: list[bool] = [False] * rows
-        self.completed: list[int] = []  # requests whose rows all finished, not yet collected
+        self.max_stop = max(r.max_stop for r in self.reqs)  # bytes of the longest stop string
+        added = len(row_prompt)
+        self.tokens += [[] for _ in range(added)]
+        self.logprobs += [[] for _ in range(added)]
+        self.finish += [None] * added
+        self.stop_hit += [False] * added
+        return row_prompt, flat
 
-        # Prefill every prompt once, left-padded to a common length.
-        width = max(self.prompt_lens)
-        ids = torch.full((len(flat), width), backend._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(flat), width), dtype=torch.long)
-        for i, p in enumerate(flat):
+    def _prefill(self, prompts: list[list[int]]):
+        """Runs prompts once, left-padded to a common length: their cache, last logits, mask, positions."""
+        from transformers import DynamicCache
+
+        b, dev = self.b, self.b.device
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), b._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
             ids[i, width - len(p) :] = torch.tensor(p)
             mask[i, width - len(p) :] = 1
         ids, mask = ids.to(dev), mask.to(dev)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        self.cache = DynamicCache(config=backend.model.config)
+        cache = DynamicCache(config=b.model.config)
         with torch.inference_mode():
-            out = backend.model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions,
-                use_cache=True,
-                logits_to_keep=1,
-                **{backend._cache_kw: self.cache},
-            )
-        # The shared prefix is now cached once; copy it for each sample of its prompt.
-        index = torch.tensor(row_prompt, device=dev)
-        if rows != len(flat):
-            self.cache.batch_select_indices(index)
-        self.logits = out.logits[:, -1, :].float()[index]
-        self.mask = mask[index]
-        self.next_pos = positions[:, -1][index] + 1
-        self.active = torch.arange(rows, device=dev)  # row ids still decoding, in batch order
+            out = b.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                          logits_to_keep=1, **{b._cache_kw: cache})
+        return cache, out.logits[:, -1, :].float(), mask, positions
+
+    def can_admit(self) -> bool:
+        """Whether requests can join this decode: every cache layer a plain growing one."""
+        from transformers.cache_utils import DynamicLayer
+
+        return self.active.numel() > 0 and all(type(x) is DynamicLayer for x in self.cache.layers)
+
+    def admit(self, requests: Sequence[tuple[list[list[int]], SamplingParams]]) -> None:
+        """Adds requests to the running decode (continuous batching).
+
+        Their prompts are prefilled on their own; the new cache and the batch's are
+        left-padded to a common width (padding is masked out, positions are explicit) and
+        stacked, so each new row continues exactly as in a decode of its own.
+        """
+        first_row = len(self.row_req)
+        rows, flat = self._add_requests(requests)
+        cache, logits, mask, positions = self._prefill(flat)
+        index = torch.tensor(rows, device=self.b.device)
+        width = max(mask.shape[1], self.mask.shape[1])
+        with torch.inference_mode():
+            for old, new in zip(self.cache.layers, cache.layers):
+                for attr in ("keys", "values"):
+                    a, n = getattr(old, attr), getattr(new, attr)[index]
+                    a = torch.nn.functional.pad(a, (0, 0, width - a.shape[2], 0))
+                    n = torch.nn.functional.pad(n, (0, 0, width - n.shape[2], 0))
+                    setattr(old, attr, torch.cat([a, n], dim=0))
+        pad = torch.nn.functional.pad
+        self.mask = torch.cat([pad(self.mask, (width - self.mask.shape[1], 0)),
+                               pad(mask[index], (width - mask.shape[1], 0))], dim=0)
+        self.logits = torch.cat([self.logits, logits[index]], dim=0)
+        self.next_pos = torch.cat([self.next_pos, positions[:, -1][index] + 1], dim=0)
+        self.active = torch.cat([self.active, torch.arange(first_row, len(self.row_req), device=self.b.device)])
+
+    def _trim(self) -> None:
+        # Columns no active row attends to any more (the padding of rows that ended) cost
+        # attention at every step: cut them. Only in merged decodes, so that a lone call
+        # computes exactly what it always did.
+        if len(self.reqs) == 1:
+            return
+        used = self.mask.any(dim=0).nonzero()
+        first = int(used[0]) if used.numel() else 0
+        if first < 32 or not self.can_admit():
+            return
+        with torch.inference_mode():
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+        self.mask = self.mask[:, first:]
 
     def _row_params(self, row: int) -> SamplingParams:
         return self.reqs[self.row_req[row]].params
@@ -152,6 +205,7 @@ class _Decoder:
             self.active, self.mask, self.next_pos, tok = (
                 self.active[idx], self.mask[idx], self.next_pos[idx], tok[idx]
             )
+            self._trim()
         self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=1)
         with torch.inference_mode():
             out = self.b.model(

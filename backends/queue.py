@@ -4,9 +4,10 @@ Eval, batch and serve run many problems at once against the same in-process mode
 job's strategy calls ``generate`` from its own thread; alone, each call would decode its
 few rows on a mostly idle model. :class:`GenerationQueue` wraps the backend: callers
 enqueue their request and wait; one worker thread drains everything queued into one
-decode (``_decode._Decoder`` with several requests) and hands each request its
-generations as soon as its own rows finish, so a short request does not wait for the
-longest one in its batch.
+decode (``_decode._Decoder`` with several requests), hands each request its generations
+as soon as its own rows finish, and lets requests that arrive meanwhile join the running
+decode between two steps (continuous batching), so no request waits for the longest one
+of a batch.
 
 Each request keeps its seed and samples from its own random stream, so a job draws the
 same candidates alone and batched (see ``_decode``). Calls the queue cannot merge (a
@@ -35,7 +36,8 @@ class QueueStats:
     def __init__(self) -> None:
         self.decodes = 0
         self.requests = 0
-        self.largest = 0  # most requests in one decode
+        self.largest = 0  # most rows decoding together
+        self.admitted = 0  # requests that joined a decode already running
         self.direct = 0  # calls run unmerged
 
 
@@ -154,7 +156,7 @@ class GenerationQueue:
         with self._cv:
             self.stats.decodes += 1
             self.stats.requests += len(batch)
-            self.stats.largest = max(self.stats.largest, len(batch))
+            self.stats.largest = max(self.stats.largest, int(decoder.active.numel()))
 
         def hand_out() -> None:
             for g in decoder.completed:
@@ -165,4 +167,26 @@ class GenerationQueue:
 
         while decoder.step():
             hand_out()
+            joining = self._joining(decoder)
+            if joining:
+                decoder.admit([(p.encoded, p.params) for p in joining])
+                batch.extend(joining)
+                with self._cv:
+                    self.stats.requests += len(joining)
+                    self.stats.admitted += len(joining)
+                    self.stats.largest = max(self.stats.largest, int(decoder.active.numel()))
         hand_out()
+
+    def _joining(self, decoder: _Decoder) -> list[_Pending]:
+        # Requests that arrived while this decode runs join it between two steps, as long as
+        # the rows fit: a short request no longer waits for the longest one of the batch.
+        with self._cv:
+            if not self._queue or not decoder.can_admit():
+                return []
+            room = self.max_rows - int(decoder.active.numel())
+            taken: list[_Pending] = []
+            while self._queue and self._queue[0].rows <= room:
+                item = self._queue.pop(0)
+                taken.append(item)
+                room -= item.rows
+            return taken
