@@ -340,7 +340,8 @@ class TraceStore(DurableRuns):
             self._check_open()
             self._spans.extend(spans or ())
             self._candidates.extend(candidates or ())
-            full = len(self._spans) + len(self._candidates) >= self.max_pending
+            pending = len(self._spans) + len(self._candidates)
+            full = pending >= self.max_pending
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run_writer, name="ttc-store-writer", daemon=True
@@ -348,6 +349,13 @@ class TraceStore(DurableRuns):
                 self._thread.start()
         if full:
             self._wake.set()
+        if pending >= 2 * self.max_pending:
+            # Back-pressure: a burst faster than the writer thread would otherwise pile up
+            # tens of thousands of records that a SIGKILL loses; the caller writes them now.
+            try:
+                self.flush()
+            except StoreError:
+                pass  # kept pending; the writer thread retries and reports it
 
     def _flush_if_pending(self) -> None:
         if self.pending:

@@ -7,7 +7,8 @@ fast and self-contained, and nothing else changes:
 - the trace store is a temporary SQLite file (``TTC_DB``, and ``sqlite:///ttc.db`` in Python);
 - ``--base-url http://localhost:8000/v1`` points at a loopback fake OpenAI-compatible server;
 - training runs 2 steps instead of 10 minutes, ``models eval`` 3 problems instead of 200,
-  and checkpoints and allocation files go to a temporary directory;
+  and checkpoints, allocation files and the files batch and traces commands write go to a
+  temporary directory;
 - the install blocks (``python3 -m venv ...``) are what CI runs itself; benches (``--quick``)
   run only in the slow test.
 """
@@ -48,6 +49,8 @@ def _prepare(body: str, tmp_path: Path, url: str) -> str:
     body = body.replace("http://localhost:8000/v1", url)
     body = body.replace("--minutes 10", "--steps 2").replace("--limit 200", "--limit 3")
     body = body.replace("plan-solve-allocation.json", str(tmp_path / "plan-solve-allocation.json"))
+    for name in ("batch-out.jsonl", "run.otlp.json", "spans.csv", "accuracy.png"):
+        body = body.replace(f" {name}", f" {tmp_path / name}")
     return body.replace("--out runs/small", f"--out {tmp_path / 'small'}")
 
 
