@@ -74,7 +74,7 @@ def _report(summary, json_out: bool) -> None:
 def batch_run(
     input_file: Annotated[Path, typer.Argument(metavar="FILE.jsonl", help="Input lines: {custom_id, body}.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output JSONL: one line per input line.")],
-    max_concurrency: Annotated[int, typer.Option("--max-concurrency", min=1, max=1024, help="Jobs run at once; their calls to one in-process model are batched.")] = 1,
+    max_concurrency: Annotated[int | None, typer.Option("--max-concurrency", min=1, max=1024, help="Jobs run at once (default 1; a resume keeps the run's); their calls to one in-process model are batched.")] = None,
     max_attempts: Annotated[int, typer.Option("--max-attempts", min=1, max=100, help="Tries of a failing job before its error line.")] = 3,
     shard: Annotated[str | None, typer.Option("--shard", metavar="i/N", help="Run shard i of N (0-based; by sha256 of custom_id).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Run the first N lines (of the shard) only.")] = None,

@@ -1,4 +1,4 @@
-"""``ttc traces list|show|stats|export|plot``: query the trace store.
+"""``ttc traces list|show|stats|export|plot|serve``: query the trace store.
 
 The queries themselves live in ``ttc.store.analysis`` (plain records, usable from Python);
 this module parses flags, prints tables, and draws. Filter values that cannot be used
@@ -17,11 +17,11 @@ from rich.tree import Tree
 
 from ttc.backends.errors import BadInputError
 
-from ._cli_common import DbOption, JsonOption, emit_json, esc, make_table, open_orchestrator, stdout
+from ._cli_common import DbOption, JsonOption, emit_json, esc, make_table, open_orchestrator, stderr, stdout
 
 __all__ = ["traces_app"]
 
-traces_app = typer.Typer(help="Query the trace store: list, show, stats, export, plot.", no_args_is_help=True)
+traces_app = typer.Typer(help="Query the trace store: list, show, stats, export, plot, serve.", no_args_is_help=True)
 
 KindOpt = Annotated[str | None, typer.Option("--kind", help="Only runs of this kind (eval, solve, graph, batch, ...).")]
 StatusOpt = Annotated[str | None, typer.Option("--status", help="Only runs with this status: running, ok, error, "
@@ -422,3 +422,68 @@ def _show_compare(cmp, output: Path | None, json_out: bool) -> None:
                  f"graded in A only {cmp.unmatched_a}, in B only {cmp.unmatched_b}")
     if output is not None:
         stdout.print(f"plot: {esc(output)}")
+
+
+# ---------------------------------------------------------------------- serve
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@traces_app.command("serve")
+def traces_serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free one).")]
+    = 8000,
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", envvar="TTC_API_KEY", show_envvar=True,
+        help="Require this key: 'Authorization: Bearer KEY', or open /?key=KEY once in a browser.")] = None,
+    db: DbOption = None,
+) -> None:
+    """Serve the trace viewer: runs with filters, span trees, candidates, plots and comparisons.
+
+    The page is at http://HOST:PORT/ and its JSON under /api/ (runs, runs/ID, runs/ID/points,
+    points, compare?a=&b=). Stop it with Ctrl-C.
+    """
+    import socket
+
+    import uvicorn
+
+    from ttc.backends.errors import RunFailure
+
+    from ._run_guard import stop_on_signals
+    from .viewer import viewer_app
+
+    if api_key is not None and not api_key:
+        raise BadInputError("--api-key must not be empty")
+    app = viewer_app(db, api_key=api_key)  # opens the store first: a bad --db fails before anything listens
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise RunFailure(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    stderr.print(f"trace viewer at http://{esc(shown)}:{bound}/" + ("  (key required)" if api_key else ""))
+    if api_key is None and not _loopback(host):
+        stderr.print(f"[yellow]warning:[/] serving on {esc(host)} without --api-key: anyone who can reach it "
+                     "reads every trace")
+    # uvicorn shuts down on SIGINT/SIGTERM, puts back the handlers it found and raises the signal
+    # again: stop_on_signals' handler makes it RunInterrupted, which the CLI ends with 130 or 143.
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    try:
+        with stop_on_signals():
+            server.run(sockets=[sock])
+    finally:
+        sock.close()

@@ -139,12 +139,14 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
-def start_batch(orc, input_path: Path, output: Path, *, max_concurrency: int = 1, max_attempts: int = 3,
+def start_batch(orc, input_path: Path, output: Path, *, max_concurrency: int | None = None, max_attempts: int = 3,
                 shard: tuple[int, int] | None = None, limit: int | None = None, seed: int | None = None,
                 executor: str = "local", ray_address: str | None = None, base_url: str | None = None,
                 overwrite: bool = False, on_start: OnProgress | None = None,
                 on_job: OnProgress | None = None) -> BatchSummary:
     """Runs a batch file, or resumes the unfinished run that owns ``output``.
+
+    ``max_concurrency`` defaults to 1 for a new run and to the stored value for a resume.
 
     Raises:
         BadInputError: Unreadable input, bad settings, ``output`` holding a finished run's
@@ -168,9 +170,14 @@ def start_batch(orc, input_path: Path, output: Path, *, max_concurrency: int = 1
                             "choose another -o, or give --overwrite")
     if owner is None and output.exists() and output.stat().st_size and not overwrite:
         raise BadInputError(f"{output} exists and no batch run owns it; choose another -o, or give --overwrite")
+    if executor == "ray":
+        from .ray_executor import require_ray
+
+        require_ray()  # before the run starts: a missing extra leaves no run behind
     lines = read_batch_file(input_path)
     settings = BatchSettings(input=str(input_path), input_sha256=_sha256(input_path), output=str(output),
-                             max_concurrency=max_concurrency, max_attempts=max_attempts, shard=shard, limit=limit,
+                             max_concurrency=max_concurrency or 1, max_attempts=max_attempts, shard=shard,
+                             limit=limit,
                              seed=secrets.randbelow(2**31) if seed is None else seed, executor=executor,
                              ray_address=ray_address, base_url=base_url)
     selected = settings.select(lines)
