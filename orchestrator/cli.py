@@ -27,6 +27,7 @@ from ._cli_bench import bench_app
 from ._cli_models import models_app
 from ._cli_graph import allocate, graph_app
 from ._cli_registry import strategies_app, tasks_app, verify_app
+from ._cli_serve import serve
 from ._cli_solve import evaluate, solve
 from ._cli_traces import traces_app
 
@@ -60,6 +61,7 @@ app.add_typer(strategies_app, name="strategies")
 app.add_typer(verify_app, name="verify")
 app.add_typer(graph_app, name="graph")
 app.command("allocate")(allocate)
+app.command("serve")(serve)
 
 
 def _print_version(value: bool) -> None:

@@ -16,8 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ttc.backends.errors import BadInputError
-from ttc.core.budget import Budget, Ledger
-from ttc.core.calls import call_model
+from ttc.core.budget import Budget
 from ttc.core.types import Result
 from ttc.strategies.registry import get_strategy
 from ttc.tasks.registry import get_task
@@ -140,44 +139,16 @@ def _graph_job(orc, tracer, line: BatchLine, base_url: str | None) -> JobOutput:
 
 
 def _chat_job(orc, tracer, line: BatchLine, run_seed: int, base_url: str | None) -> JobOutput:
+    # The same runner as `ttc serve`, so a chat body answers alike in a batch file and on the server.
+    from ..serve.running import run_chat
+
     plan = plan_chat(line.body)
     seed = _seed(run_seed, line, plan.seed)
-    if plan.task is not None:
-        # n independent runs of the strategy share the request's budget evenly.
-        n = plan.sampling.n
-        share = None
-        if plan.budget is not None and plan.budget.tokens is not None:
-            share = plan.budget.model_copy(update={"tokens": max(1, plan.budget.tokens // n)})
-        choices, tokens, usage, correct, pool = [], 0, {"prompt_tokens": 0, "completion_tokens": 0}, [], None
-        for i in range(n):
-            result, pool = _run_task(orc, tracer, plan.task, plan.problem, plan.strategy or "sample", plan.model,
-                                     plan.models, share or plan.budget, plan.params, seed + i, base_url)
-            chosen = next((c for c in result.candidates if result.answer is not None and c.answer == result.answer),
-                          None)
-            choices.append({"text": result.answer or "",
-                            "finish_reason": chosen.finish_reason if chosen else "length"})
-            usage["prompt_tokens"] += result.usage.prompt_tokens
-            usage["completion_tokens"] += result.usage.completion_tokens
-            tokens += result.tokens
-            correct.append(result.correct)
-        meta = {"strategy": plan.strategy, "task": plan.task, "verifier": type(get_task(plan.task).verifier).__name__,
-                "tokens": tokens, "correct": correct, "trace_id": tracer.trace_id}
-        body = chat_completion(request_id(tracer.trace_id, line.key), plan.model, choices, usage, meta)
-        return JobOutput(body, correct[0] if n == 1 else None, tokens,
-                         _model_digests(plan.task, plan.model, plan.models, pool),
-                         task=plan.task, strategy=plan.strategy, model=plan.model)
-    backend = orc.backend(plan.model, base_url=base_url)
-    params = plan.sampling if plan.sampling.seed is not None else plan.sampling.model_copy(update={"seed": seed})
-    ledger = Ledger(plan.budget)
-    call = call_model(backend, [plan.prompt], params, ledger, tracer)
-    comps = [c for g in call.generations for c in g.completions]
-    choices = [{"text": c.text, "finish_reason": c.finish_reason} for c in comps]
-    usage = {"prompt_tokens": call.usage.prompt_tokens, "completion_tokens": call.usage.completion_tokens}
-    meta = {"strategy": None, "verifier": None, "tokens": call.usage.total_tokens, "flops": call.cost.flops,
-            "skipped": call.skipped, "trace_id": tracer.trace_id}
-    body = chat_completion(request_id(tracer.trace_id, line.key), backend.name, choices, usage, meta)
-    return JobOutput(body, None, call.usage.total_tokens, {plan.model: backend.info.checkpoint_digest},
-                     model=plan.model, flops=call.cost.flops)
+    out = run_chat(plan, lambda name: orc.backend(name, base_url=base_url), tracer, seed, artifacts=orc.artifacts())
+    body = chat_completion(request_id(tracer.trace_id, line.key), plan.model, out.choices, out.usage, out.ttc)
+    correct = out.correct[0] if len(out.correct) == 1 else None
+    return JobOutput(body, correct, out.tokens, out.digests, task=plan.task, strategy=plan.strategy,
+                     model=plan.model, flops=out.ttc.get("flops"))
 
 
 def run_job(orc, tracer, line: BatchLine, *, run_seed: int, base_url: str | None) -> JobOutput:
