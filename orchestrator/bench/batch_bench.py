@@ -7,7 +7,7 @@ calls per job). ``ttc eval`` runs the ``sample`` workload too, one problem after
 so that concurrency 1 can be compared with it. Each mode gets a fresh orchestrator with the
 model loaded and warmed up before its clock starts; every job's seed derives from the run
 seed and its custom_id, so the modes answer the same problems with the same draws
-(``same_answers`` checks it).
+(``same_answers`` checks it). The modes run interleaved in rounds (see ``run_batch_bench``).
 """
 
 from __future__ import annotations
@@ -83,33 +83,68 @@ def _eval_mode(db: str, problems: list[dict]) -> dict[str, Any]:
             "accuracy": report.accuracy, "accuracy_ci95": report.ci95}
 
 
+def _merge(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One mode's rounds as one row: totals over the rounds, rates over their summed wall time."""
+    jobs = sum(r["jobs"] for r in rows)
+    wall = sum(r["wall_s"] for r in rows)
+    generated = sum(r["generated_tokens"] for r in rows)
+    correct = round(sum(r["accuracy"] * r["jobs"] for r in rows))
+    out = {"concurrency": rows[0]["concurrency"], "jobs": jobs, "failed": sum(r.get("failed", 0) for r in rows),
+           "wall_s": wall, "jobs_per_s": jobs / wall, "generated_tokens": generated, "tokens_per_s": generated / wall,
+           "tokens": sum(r["tokens"] for r in rows), "accuracy": correct / jobs,
+           "accuracy_ci95": wilson_ci95(correct, jobs), "rounds_wall_s": [r["wall_s"] for r in rows]}
+    if "answers" in rows[0]:
+        out["answers"] = {k: v for r in rows for k, v in r["answers"].items()}
+    queues = [r["queue"] for r in rows if "queue" in r]
+    if queues:
+        out["queue"] = {"decodes": sum(q["decodes"] for q in queues), "requests": sum(q["requests"] for q in queues),
+                        "largest": max(q["largest"] for q in queues)}
+    return out
+
+
 def run_batch_bench(*, quick: bool, out_dir: Path, n_problems: int | None = None, progress=None) -> dict[str, Any]:
-    """Runs the bench and writes ``batch.json``; returns the result."""
+    """Runs the bench and writes ``batch.json``; returns the result.
+
+    The problems are split into rounds; each round runs every mode on its share, in an
+    order rotated round by round, so that a noisy machine slows all modes alike.
+    """
     started = time.time()
     n = n_problems or (48 if quick else 256)
+    rounds = 2 if quick else 4
     problems = COUNTDOWN.make_problems(n, seed=SEED, split="test")
-    modes: dict[str, dict[str, Any]] = {}
+    shares = [problems[i::rounds] for i in range(rounds)]
+    names = [f"{w}_c{c}" for w in WORKLOADS for c in CONCURRENCY] + ["eval_sample"]
+    parts: dict[str, list[dict[str, Any]]] = {m: [] for m in names}
     with tempfile.TemporaryDirectory(prefix="ttc-bench-batch-") as tmp:
         d = Path(tmp)
         db = f"sqlite:///{d / 'bench.db'}"
-        for name, workload in WORKLOADS.items():
-            src = d / f"{name}.jsonl"
-            src.write_text("".join(json.dumps(x) + "\n" for x in _lines(problems, workload)))
-            for c in CONCURRENCY:
-                modes[f"{name}_c{c}"] = _batch_mode(db, src, d / f"{name}_c{c}.out", c)
-                if progress is not None:
-                    r = modes[f"{name}_c{c}"]
-                    progress.print(f"{name} at concurrency {c}: {r['jobs_per_s']:.2f} jobs/s, "
-                                   f"{r['tokens_per_s']:.0f} tokens/s")
-        modes["eval_sample"] = _eval_mode(db, problems)
+        for r, share in enumerate(shares):
+            order = names[r % len(names):] + names[: r % len(names)]
+            for mode in order:
+                if mode == "eval_sample":
+                    parts[mode].append(_eval_mode(db, share))
+                    continue
+                workload, c = mode.rsplit("_c", 1)
+                src = d / f"{mode}-{r}.jsonl"
+                lines = _lines(share, WORKLOADS[workload])
+                for line, i in zip(lines, range(r, n, rounds)):  # custom_ids keep the problem's index
+                    line["custom_id"] = f"cd-{i}"
+                src.write_text("".join(json.dumps(x) + "\n" for x in lines))
+                parts[mode].append(_batch_mode(db, src, d / f"{mode}-{r}.out", int(c)))
+            if progress is not None:
+                progress.print(f"round {r + 1}/{rounds}: " + ", ".join(
+                    f"{m} {parts[m][-1]['jobs_per_s']:.2f} jobs/s" for m in names))
+    modes = {m: _merge(rows) for m, rows in parts.items()}
     same = {name: modes[f"{name}_c1"].pop("answers") == modes[f"{name}_c16"].pop("answers") for name in WORKLOADS}
-    from ..models import resolve_checkpoint
     from ttc.backends.transformers_backend import checkpoint_digest
+
+    from ..models import resolve_checkpoint
 
     _, path = resolve_checkpoint(MODEL)
     result = bench_header("batch", seed=SEED, quick=quick, n_problems=n,
                           models=[{"name": MODEL, "digest": checkpoint_digest(path)}], started=started)
     result.update({
+        "rounds": rounds,
         "modes": modes,
         "speedup": modes["sample_c16"]["jobs_per_s"] / modes["sample_c1"]["jobs_per_s"],
         "speedup_tokens": modes["sample_c16"]["tokens_per_s"] / modes["sample_c1"]["tokens_per_s"],
