@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # End-to-end check: the official `openai` client -> LiteLLM proxy -> `ttc serve` (issue #17).
-# Self-contained: builds the proxy venv if missing (never touches /work/main/.venv), starts
+# Self-contained: builds the proxy venv if missing (never touches the project venv), starts
 # ttc serve and two LiteLLM proxies on free loopback ports, checks answers, usage, the `ttc`
 # field and the trace store, and kills exactly the processes it started on exit.
-# Usage: bash /work/notes/proxy-demo.sh        (exit 0: every hard check passed)
+# Usage: bash examples/litellm-proxy-demo.sh        (exit 0: every hard check passed)
 set -euo pipefail
 
-MAIN=${TTC_MAIN:-/work/main}
+MAIN=${TTC_MAIN:-$(cd "$(dirname "$0")/.." && pwd)}
 PVENV=${PROXY_VENV:-/tmp/proxyvenv}
 LITELLM_VERSION=1.106.12   # newest whose [proxy] extra resolves on this index (1.108+ pin missing litellm-proxy-extras)
 DEMO=${PROXY_DEMO_DIR:-/tmp/proxydemo}
