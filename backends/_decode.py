@@ -74,6 +74,7 @@ class _Decoder:
         if len(rows) != len(flat):
             self.cache.batch_select_indices(index)
         self.logits, self.mask, self.next_pos = logits[index], mask[index], positions[:, -1][index] + 1
+        self.unpadded = bool(self.mask.all())
         self.active = torch.arange(len(rows), device=backend.device)  # row ids still decoding, in batch order
 
     def _add_requests(self, requests: Sequence[tuple[list[list[int]], SamplingParams]]
@@ -150,6 +151,7 @@ class _Decoder:
                                pad(mask[index], (width - mask.shape[1], 0))], dim=0)
         self.logits = torch.cat([self.logits, logits[index]], dim=0)
         self.next_pos = torch.cat([self.next_pos, positions[:, -1][index] + 1], dim=0)
+        self.unpadded = bool(self.mask.all())
         self.active = torch.cat([self.active, torch.arange(first_row, len(self.row_req), device=self.b.device)])
 
     def _trim(self) -> None:
@@ -176,12 +178,15 @@ class _Decoder:
             return False
         tok, lp = self._sample_rows(self.logits)
         keep: list[int] = []
+        # One conversion per step, not one tensor index per row: this loop runs every token.
+        toks = tok.tolist()
+        lps = lp.tolist() if any(r.params.logprobs for r in self.reqs) else None
         for j, row in enumerate(self.active.tolist()):
-            t = int(tok[j])
+            t = toks[j]
             p = self._row_params(row)
             self.tokens[row].append(t)
             if p.logprobs:
-                self.logprobs[row].append(float(lp[j]))
+                self.logprobs[row].append(float(lps[j]))
             if t in self.b._eos_ids and not p.ignore_eos:
                 self.finish[row] = "stop"
             elif self.reqs[self.row_req[row]].max_stop and self._hits_stop(row):
@@ -206,11 +211,14 @@ class _Decoder:
                 self.active[idx], self.mask[idx], self.next_pos[idx], tok[idx]
             )
             self._trim()
+            self.unpadded = self.unpadded or bool(self.mask.all())
         self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=1)
         with torch.inference_mode():
             out = self.b.model(
                 input_ids=tok.view(-1, 1),
-                attention_mask=self.mask,
+                # No padding left in the batch (one prompt, or prompts of one length): the
+                # model needs no mask, and building its 4D form every step costs time.
+                attention_mask=None if self.unpadded else self.mask,
                 position_ids=self.next_pos.view(-1, 1),
                 use_cache=True,
                 **{self.b._cache_kw: self.cache},
