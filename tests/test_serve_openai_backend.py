@@ -140,7 +140,9 @@ def test_a_429_is_retried_after_its_retry_after(orc):
             backend = OpenAIBackend(srv.url, "countdown-direct", max_retries=2, sleep=sleep,
                                     tokenizer=find_builtin("countdown-direct").path)
             (gen,) = backend.generate([PROMPT], SamplingParams(max_tokens=3))
-            assert waits == [1.0] and gen.usage.completion_tokens <= 3
+            # Each 429 says Retry-After: 1. Under load the held request's slot may be freed a
+            # moment after it returns, so a second 429 (and wait) can come before the answer.
+            assert waits and set(waits) == {1.0} and gen.usage.completion_tokens <= 3
     finally:
         held.close()
 
