@@ -13,6 +13,7 @@ import inspect
 import json
 import math
 import re
+import socket
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -23,13 +24,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ttc.backends.errors import BadInputError
+from ttc.backends.errors import BadInputError, RunFailure
 
 __all__ = [
     "stdout", "stderr", "emit_json", "jsonable", "esc", "make_table", "DbOption", "JsonOption",
     "read_text_arg", "check_int", "check_seed", "check_temperature", "check_top_p", "check_budget",
     "check_strategy_params", "parse_roles", "RemoteOptions", "NO_REMOTE", "with_remote_options", "open_orchestrator",
-    "SEED_MAX",
+    "SEED_MAX", "bind_socket",
 ]
 
 # Human output on stdout; progress bars, logs and warnings on stderr, so that
@@ -296,3 +297,21 @@ def open_orchestrator(db: str | None, device: str = "auto", remote: RemoteOption
     from .api import Orchestrator
 
     return Orchestrator(db=db, device=device, **(remote.orchestrator_kwargs() if remote else {}))
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: a free one) for uvicorn to serve on.
+
+    Bound here, before the app starts, so that a busy port is one line and exit 1.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise RunFailure(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import socket
 import threading
 from collections.abc import Iterator
 from typing import Annotated
 
 import typer
-from ttc.backends.errors import BadInputError, RunFailure
+from ttc.backends.errors import BadInputError
 
 from ._cli_common import (
+    bind_socket,
     NO_REMOTE,
     DbOption,
     RemoteOptions,
@@ -50,20 +50,6 @@ def parse_pairs(values: list[str] | None, flag: str, what: str) -> dict[str, str
             raise BadInputError(f"{flag} {name} is given twice")
         out[name] = value
     return out
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise RunFailure(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
 
 
 def _server_class():
@@ -128,7 +114,7 @@ def serve(
     with open_orchestrator(db, device, remote) as orc:
         app = create_app(orc, api_key=api_key, max_concurrency=max_concurrency, max_queued=max_queued,
                          models=models, upstreams=upstreams, max_request_tokens=max_request_tokens or None)
-        sock = _bind(host, port)
+        sock = bind_socket(host, port)
         bound = sock.getsockname()[1]
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                                 timeout_graceful_shutdown=drain_timeout)

@@ -17,7 +17,17 @@ from rich.tree import Tree
 
 from ttc.backends.errors import BadInputError
 
-from ._cli_common import DbOption, JsonOption, emit_json, esc, make_table, open_orchestrator, stderr, stdout
+from ._cli_common import (
+    DbOption,
+    JsonOption,
+    bind_socket,
+    emit_json,
+    esc,
+    make_table,
+    open_orchestrator,
+    stderr,
+    stdout,
+)
 
 __all__ = ["traces_app"]
 
@@ -457,24 +467,15 @@ def traces_serve(
 
     import uvicorn
 
-    from ttc.backends.errors import RunFailure
-
     from ._run_guard import stop_on_signals
     from .viewer import viewer_app
 
     if api_key is not None and not api_key:
         raise BadInputError("--api-key must not be empty")
     app = viewer_app(db, api_key=api_key)  # opens the store first: a bad --db fails before anything listens
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise RunFailure(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock = bind_socket(host, port)
     bound = sock.getsockname()[1]
-    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
     stderr.print(f"trace viewer at http://{esc(shown)}:{bound}/" + ("  (key required)" if api_key else ""))
     if api_key is None and not _loopback(host):
         stderr.print(f"[yellow]warning:[/] serving on {esc(host)} without --api-key: anyone who can reach it "
