@@ -35,6 +35,22 @@ class CompletionStream(Protocol):
         """Stops decoding early (TrimR does); what was generated so far stays billed."""
         ...
 
+    def inject(self, text: str) -> None:
+        """Appends ``text`` after what was generated so far and decodes on from it.
+
+        TrimR injects its conclusion prompts this way. The injected text comes out as the
+        next delta and is part of the completion's text; its tokens are billed as
+        prompt tokens (prefilled), never as generated ones. The transformers backend
+        prefills them into the running KV cache; an OpenAI-compatible server gets a new
+        completion of prompt + text so far + ``text`` (its whole prompt is billed again,
+        as the server prefills it again); ``max_tokens`` still bounds the generated tokens.
+        """
+        ...
+
+    def inject_tokens(self, text: str) -> int:
+        """Prompt tokens ``inject(text)`` would prefill (what a ledger must hold first)."""
+        ...
+
 
 @runtime_checkable
 class Backend(Protocol):

@@ -91,19 +91,29 @@ class ScriptedBackend:
         return comps
 
     def stream(self, prompt: str, params: SamplingParams) -> "_ScriptedStream":
-        return _ScriptedStream(self.generate([prompt], params.model_copy(update={"n": 1}))[0])
+        return _ScriptedStream(self.generate([prompt], params.model_copy(update={"n": 1}))[0], self, prompt, params)
 
     def close(self) -> None:
         pass
 
 
 class _ScriptedStream:
-    """Yields the scripted text one character (= one token) at a time."""
+    """Yields the scripted text one character (= one token) at a time.
 
-    def __init__(self, generation: Generation):
+    ``inject(text)`` emits ``text`` as the next delta and continues with the handler's
+    completion of ``prompt + text so far + text`` (so a test scripts what follows an
+    injection by looking at the prompt), within what is left of ``max_tokens``.
+    """
+
+    def __init__(self, generation: Generation, backend: "ScriptedBackend | None" = None, prompt: str = "",
+                 params: SamplingParams | None = None):
         self._full = generation
+        self._backend, self._prompt, self._params = backend, prompt, params
         self._chars: Iterator[str] = iter(generation.completions[0].text)
-        self._sent = 0
+        self._sent = 0           # generated characters emitted (injected ones excluded)
+        self._text = ""          # everything emitted, injected text included
+        self._injected = 0
+        self._queued: str | None = None
         self.generation: Generation | None = None
 
     def __iter__(self) -> "_ScriptedStream":
@@ -111,16 +121,43 @@ class _ScriptedStream:
 
     def __next__(self) -> str:
         if self.generation is None:
+            if self._queued is not None:
+                text, self._queued = self._queued, None
+                self._text += text
+                return text
             for ch in self._chars:
                 self._sent += 1
+                self._text += ch
                 return ch
-            self.generation = self._full
+            self._settle("stop")
         raise StopIteration
+
+    def inject_tokens(self, text: str) -> int:
+        return len(text)
+
+    def inject(self, text: str) -> None:
+        if self.generation is not None:
+            raise RuntimeError("cannot inject into a finished stream")
+        if self._backend is None or self._params is None:
+            raise RuntimeError("this scripted stream cannot continue after an injection")
+        left = max(0, self._params.max_tokens - self._sent)
+        cont = self._backend._complete(self._prompt + self._text + text, 0,
+                                       self._params.model_copy(update={"max_tokens": max(1, left)}))
+        self._chars = iter(cont.text[:left])
+        self._queued = (self._queued or "") + text
+        self._injected += len(text)
 
     def close(self) -> None:
         if self.generation is None:
-            c = self._full.completions[0]
-            text = c.text[: self._sent]
-            comp = Completion(text=text, completion_tokens=len(text), finish_reason="stop")
-            usage = Usage(prompt_tokens=self._full.prompt_tokens, completion_tokens=len(text), calls=1)
-            self.generation = self._full.model_copy(update={"completions": [comp], "usage": usage})
+            self._settle("stop")
+
+    def _settle(self, finish: str) -> None:
+        if not self._injected and self._sent == len(self._full.completions[0].text):
+            self.generation = self._full  # read to its end: exactly the scripted completion
+            return
+        text = self._text if self._queued is None else self._text + self._queued
+        comp = Completion(text=text, completion_tokens=self._sent, finish_reason=finish)
+        prompt = self._full.prompt_tokens + self._injected
+        usage = Usage(prompt_tokens=prompt, completion_tokens=self._sent, calls=1)
+        self.generation = self._full.model_copy(update={"completions": [comp], "usage": usage,
+                                                        "prompt_tokens": prompt})

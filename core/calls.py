@@ -7,7 +7,9 @@ Every model call in ttc (samples, verifier and judge calls, planners) goes throu
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any
 
 from ttc.backends.base import Backend
 from ttc.backends.errors import BadInputError
@@ -18,6 +20,11 @@ from .cost import Cost, CostModel, call_cost
 from .tracing import NullTracer, Tracer
 
 __all__ = ["CallResult", "call_model"]
+
+#: The TrimR session of the solve running in this context (``core.trimr``), if any: with
+#: one, the policy model's calls become monitored streams. A context variable, so that the
+#: option reaches every strategy's calls without being a parameter of any.
+_ACTIVE_TRIMR: ContextVar[Any] = ContextVar("ttc_trimr", default=None)
 
 
 @dataclass
@@ -73,6 +80,10 @@ def call_model(
     if isinstance(prompts, str):
         raise BadInputError("call_model() takes a list of prompts, not one string")
     tracer = tracer or NullTracer()
+    trimr = _ACTIVE_TRIMR.get()
+    if trimr is not None and trimr.applies(backend):
+        return trimr.call(backend, prompts, params, ledger, tracer, name=name, min_tokens=min_tokens,
+                          cost_model=cost_model)
     held, n, max_tokens = [], params.n, params.max_tokens
     # A pooled cap is reserved as the pool only where the backend enforces it; elsewhere
     # (a remote server) the worst case, max_tokens x n, stays the rule.

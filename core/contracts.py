@@ -154,6 +154,8 @@ class SolveContext:
         models: Models by role.
         artifacts: Earlier recorded results (None: none available).
         resources: What a strategy's ``prepare`` hook put here before it runs.
+        trimr: The solve's TrimR session (``core.trimr.TrimRSession``) when the TrimR
+            option is on: it monitors the policy model's calls, whatever the strategy.
     """
 
     task: Task
@@ -164,6 +166,7 @@ class SolveContext:
     tracer: Tracer = field(default_factory=NullTracer)
     artifacts: ArtifactStore | None = None
     resources: dict[str, Any] = field(default_factory=dict)
+    trimr: Any = None
 
     @classmethod
     def of(cls, task: Task, problem: dict, policy: Backend, *, ledger: Ledger | None = None,

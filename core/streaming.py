@@ -47,6 +47,8 @@ class BudgetedStream:
         self._reservation, self._span_cm, self._span = reservation, span_cm, span
         self._cost_model = cost_model
         self._settled = False
+        self._extra: list[Reservation] = []  # what injected prompts hold until settlement
+        self.injected = 0
 
     @property
     def finished(self) -> bool:
@@ -70,6 +72,30 @@ class BudgetedStream:
         self.text += delta
         return delta
 
+    def inject(self, text: str) -> bool:
+        """Appends ``text`` after the text so far and decodes on from it (TrimR's prompts).
+
+        The prompt tokens the injection prefills are reserved first; when the budget
+        cannot hold them nothing is injected and False is returned (the caller then
+        usually closes the stream). The injected text comes out as the next delta.
+        """
+        if self._settled:
+            return False
+        cost_of = getattr(self._inner, "inject_tokens", None)
+        cost = cost_of(text) if cost_of is not None else self._backend.count_tokens(text)
+        r = self._ledger.reserve(cost, 1, 1)  # one token of slack: reserve() needs max_tokens >= 1
+        if r is None:
+            return False
+        try:
+            self._inner.inject(text)
+        except BaseException:
+            self._ledger.release(r)
+            raise
+        self._extra.append(r)
+        self.injected += cost
+        self._span.set(**{"ttc.injected_tokens": self.injected})
+        return True
+
     def close(self) -> None:
         """Stops decoding now; the tokens generated so far are charged."""
         if not self._settled:
@@ -87,6 +113,8 @@ class BudgetedStream:
     def _settle(self, error: BaseException | None) -> None:
         self._settled = True
         gen = self._inner.generation
+        for r in self._extra:  # the call's bill below covers the injected prompts
+            self._ledger.release(r)
         try:
             if gen is None:  # the backend failed before producing anything billable
                 self._ledger.release(self._reservation)

@@ -35,6 +35,34 @@ BudgetOpt = Annotated[int | None, typer.Option("--budget-tokens", help="Token bu
 BaseUrlOpt = Annotated[str | None, typer.Option(
     "--base-url", envvar="TTC_BASE_URL", help="OpenAI-compatible endpoint serving --model.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+TrimROpt = Annotated[bool, typer.Option("--trimr", help="TrimR: cut redundant thinking of the policy model "
+                                        "while it streams (a thought verifier, injected conclusion prompts).")]
+TrimRVerifierOpt = Annotated[str, typer.Option("--trimr-verifier", help="TrimR's thought verifier: exact "
+                                               "(canonical answers) or judge (the --role judge=MODEL).")]
+TrimRRulesOpt = Annotated[str, typer.Option("--trimr-rules", help="Comma-separated TrimR rules: over, under, "
+                                            "repetition.")]
+TrimRAgreeOpt = Annotated[int, typer.Option("--trimr-agree", help="M: consecutive equivalent answer pairs that "
+                                            "end thinking (paper: 2).")]
+TrimRRatioOpt = Annotated[float, typer.Option("--trimr-ratio", help="R: share of max tokens after which a "
+                                              "non-converged chain concludes.")]
+TrimRThoughtsOpt = Annotated[int, typer.Option("--trimr-thoughts", help="N: thoughts after which a "
+                                               "non-converged chain concludes.")]
+
+
+def trimr_option(on: bool, verifier: str, rules: str, agree: int, ratio: float, thoughts: int):
+    """The ``TrimR`` the flags describe (None without ``--trimr``), checked.
+
+    Raises:
+        BadInputError: An unknown verifier or rule, or a value out of range.
+    """
+    if not on:
+        return None
+    from ttc.core.trimr import TrimR
+
+    if verifier not in ("exact", "judge"):
+        raise BadInputError(f"--trimr-verifier must be exact or judge, got {verifier!r}")
+    names = tuple(r.strip() for r in rules.split(",") if r.strip())
+    return TrimR(verifier=verifier, rules=names, agree=agree, ratio=ratio, max_thoughts=thoughts)
 
 
 def read_problem(value: str) -> dict:
@@ -104,6 +132,12 @@ def solve(
     budget_tokens: BudgetOpt = None,
     base_url: BaseUrlOpt = None,
     device: DeviceOpt = "auto",
+    trimr: TrimROpt = False,
+    trimr_verifier: TrimRVerifierOpt = "exact",
+    trimr_rules: TrimRRulesOpt = "over,under,repetition",
+    trimr_agree: TrimRAgreeOpt = 2,
+    trimr_ratio: TrimRRatioOpt = 0.5,
+    trimr_thoughts: TrimRThoughtsOpt = 16,
     remote: RemoteOptions = NO_REMOTE,
     db: DbOption = None,
     json_out: JsonOption = False,
@@ -122,11 +156,15 @@ def solve(
     if task is None:
         raise BadInputError("give --task (or --graph with --allocation)")
     params, budget, models = _common(task, strategy, temperature, seed, n, max_tokens, param, budget_tokens, role)
+    trim = trimr_option(trimr, trimr_verifier, trimr_rules, trimr_agree, trimr_ratio, trimr_thoughts)
+    if trim is not None:
+        models["trimr"] = trim  # only when on: an Orchestrator without TrimR still runs the rest
     obj = read_problem(problem)
     # Loading a model and a tree search take seconds; the spinner is on stderr and leaves no line behind.
     with open_orchestrator(db, device, remote) as orc, stderr.status(f"solving with {esc(strategy)} ..."):
         result = orc.solve(task, obj, strategy=strategy, model=model, budget=budget, base_url=base_url,
                            **models, **params)
+        trim_summary = orc.get_run(result.trace_id).run.attributes.get("trimr") if trim is not None else None
     chosen = next((c for c in result.candidates if result.answer is not None and c.answer == result.answer), None)
     reason = chosen.verdict.reason if chosen and chosen.verdict else None
     usage = {**result.usage.model_dump(), "total_tokens": result.usage.total_tokens}
@@ -136,6 +174,7 @@ def solve(
                    "paper_flops": result.paper_flops, "eflops": result.eflops, "stop_reason": result.stop_reason,
                    "overdrawn": result.overdrawn, "trace_id": result.trace_id,
                    "samples": len(result.candidates),
+                   **({"trimr": trim_summary} if trim is not None else {}),
                    "cut": sum(c.finish_reason == "budget" for c in result.candidates),
                    "candidates": [{"text": c.text, "answer": c.answer, "tokens": c.tokens,
                                    "finish_reason": c.finish_reason,
@@ -149,6 +188,9 @@ def solve(
                      + f"  \\[{len(result.candidates)} candidate(s), {esc(result.stop_reason)}]")
     stdout.print(f"usage: {usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion = "
                  f"{usage['total_tokens']} tokens")
+    if trim_summary:
+        stdout.print(f"trimr: {esc(json.dumps(trim_summary.get('decisions', {})))} over "
+                     f"{trim_summary.get('streams', 0)} stream(s)")
     stdout.print(f"trace: {esc(result.trace_id)}")
 
 
@@ -170,6 +212,12 @@ def evaluate(
     max_concurrency: Annotated[int, typer.Option("--max-concurrency", min=1, max=1024, help="Problems solved at once; their calls to one in-process model are batched (same answers).")] = 1,
     base_url: BaseUrlOpt = None,
     device: DeviceOpt = "auto",
+    trimr: TrimROpt = False,
+    trimr_verifier: TrimRVerifierOpt = "exact",
+    trimr_rules: TrimRRulesOpt = "over,under,repetition",
+    trimr_agree: TrimRAgreeOpt = 2,
+    trimr_ratio: TrimRRatioOpt = 0.5,
+    trimr_thoughts: TrimRThoughtsOpt = 16,
     remote: RemoteOptions = NO_REMOTE,
     db: DbOption = None,
     json_out: JsonOption = False,
@@ -182,7 +230,8 @@ def evaluate(
     if resume is not None:
         given = {"--task": task, "--problems": problems, "--strategy": None if strategy == "sample" else strategy,
                  "--model": model, "--role": role, "--temperature": temperature, "--seed": seed, "--n": n,
-                 "--max-tokens": max_tokens, "--param": param, "--budget-tokens": budget_tokens, "--limit": limit}
+                 "--max-tokens": max_tokens, "--param": param, "--budget-tokens": budget_tokens, "--limit": limit,
+                 "--trimr": trimr}
         extra = [flag for flag, v in given.items() if v]
         if extra:
             raise BadInputError(f"--resume takes the problems and settings from the store; drop {', '.join(extra)}")
@@ -190,6 +239,9 @@ def evaluate(
         raise BadInputError("give --task and --problems (or --resume RUN_ID)")
     else:
         params, budget, models = _common(task, strategy, temperature, seed, n, max_tokens, param, budget_tokens, role)
+        trim = trimr_option(trimr, trimr_verifier, trimr_rules, trimr_agree, trimr_ratio, trimr_thoughts)
+        if trim is not None:
+            models["trimr"] = trim
         loaded = read_problems_file(problems, get_task(task))[:limit]
     # transient: a finished (or failed) bar leaves no line behind on a log or a terminal.
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -32,9 +32,11 @@ from ttc.core.types import Result
 from ttc.store import StoreError, TraceStore
 from ttc.store.engine import resolve_db_url
 from ttc.strategies.registry import StrategySpec, get_strategy
-from ttc.tasks.registry import get_task
+from ttc.tasks.registry import find_builtin, get_task
 
 if TYPE_CHECKING:
+    from ttc.core.trimr import TrimR
+
     from .graph import GraphResult, GraphSpec
 
 from ._run_guard import RunInterrupted, deferred_signals, stop_on_signals
@@ -46,6 +48,7 @@ from .durability import (
     report_from_jobs,
     run_eval,
 )
+from ._trimr_setup import check_trimr, trimr_session
 from .models import load_backend
 from ._trace_queries import TraceQueries
 from .tracing import StoreTracer, one_line
@@ -86,6 +89,17 @@ def _parse_problem(task_obj, problem: dict | str) -> dict:
         except json.JSONDecodeError as exc:
             raise BadInputError(f"problem is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})") from None
     return task_obj.parse_problem(problem)
+
+
+def _model_format(spec: StrategySpec, pool: ModelPool, params: dict[str, Any]) -> dict[str, Any]:
+    """A built-in reflective model writes only its own format: a strategy that takes ``fmt``
+    gets ``"reflective"`` unless the caller chose a format."""
+    if "fmt" in params or "fmt" not in spec.parameters():
+        return params
+    shipped = find_builtin(pool.policy.name.rsplit("/", 1)[-1])
+    if shipped is not None and shipped.kind == "reflective":
+        return {**params, "fmt": "reflective"}
+    return params
 
 
 def _jsonable_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -235,6 +249,7 @@ class Orchestrator(TraceQueries):
         models: dict[str, str | Backend] | None = None,
         budget: Budget | None = None,
         base_url: str | None = None,
+        trimr: "TrimR | None" = None,
         **params: Any,
     ) -> "Result | GraphResult":
         """Solves one problem with a strategy under a budget, recorded as a run.
@@ -255,6 +270,8 @@ class Orchestrator(TraceQueries):
                 that use more than the policy model.
             budget: Limits (default: unlimited).
             base_url: An OpenAI-compatible endpoint serving the models named.
+            trimr: TrimR thinking compression for the policy model's calls (``TrimR()``:
+                exact thought verifier, all rules, the model's thought format).
             **params: The strategy's own parameters (``temperature``, ``seed`` ...).
 
         Returns:
@@ -266,7 +283,7 @@ class Orchestrator(TraceQueries):
         """
         if not isinstance(task, str):
             extra = sorted(k for k in params if k not in ("allocation", "policy"))
-            if extra or model is not None or models or base_url is not None or strategy != "sample":
+            if extra or model is not None or models or base_url is not None or strategy != "sample" or trimr:
                 raise BadInputError("a graph takes its models and strategies from its allocation; "
                                     f"unexpected: {', '.join(extra) or 'model/models/base_url/strategy'}")
             return self._solve_graph(task, problem, params.get("allocation"), params.get("policy", "static"),
@@ -275,10 +292,12 @@ class Orchestrator(TraceQueries):
         problem = _parse_problem(task_obj, problem)
         pool = self.models(task, model, models, base_url=base_url)
         spec.check_models(pool)
+        check_trimr(trimr, pool)
         with self.run("solve", f"{task}/{strategy}", task=task, strategy=strategy, model=pool.policy.name,
                       models=pool.roles(), problem=problem, params=_jsonable_params(params),
-                      budget=(budget or Budget()).model_dump(exclude_none=True)) as tracer:
-            result = self._run_strategy(tracer, task_obj, spec, pool, problem, budget, params)
+                      budget=(budget or Budget()).model_dump(exclude_none=True),
+                      **({"trimr": trimr.describe()} if trimr else {})) as tracer:
+            result = self._run_strategy(tracer, task_obj, spec, pool, problem, budget, params, trimr=trimr)
             tracer.outcome.update(outcome(result))
         return result
 
@@ -332,6 +351,7 @@ class Orchestrator(TraceQueries):
         on_problem: Callable[[int, Result], None] | None = None,
         on_start: Callable[[int, list[Result]], None] | None = None,
         max_concurrency: int = 1,
+        trimr: "TrimR | None" = None,
         **params: Any,
     ) -> "EvalReport":
         """Runs a strategy over problems (each with its own ``budget``) as one traced, resumable run.
@@ -350,6 +370,8 @@ class Orchestrator(TraceQueries):
             max_concurrency: Problems solved at once; above 1, in-process models loaded from
                 now on batch the problems' calls together (``GenerationQueue``). The answers
                 are those of one problem at a time.
+            trimr: TrimR for every problem's policy calls (as for :meth:`solve`; a resumed
+                run does not restore it).
 
         Returns:
             Accuracy with its Wilson 95% interval, usage and compute totals, per-problem rows.
@@ -366,6 +388,7 @@ class Orchestrator(TraceQueries):
         self.batch_generation = self.batch_generation or max_concurrency > 1
         pool = self.models(task, model, models, base_url=base_url)
         spec.check_models(pool)
+        check_trimr(trimr, pool)
         wanted = {**(models or {}), **({"policy": model} if model is not None else {})}
         wanted.setdefault("policy", task_obj.default_model)
         plan = EvalPlan.create(task, strategy, spec, parsed, params, _jsonable_params(params), budget, wanted, pool,
@@ -375,8 +398,12 @@ class Orchestrator(TraceQueries):
                                       attributes={**attributes, "eval": plan.model_dump(mode="json")})
         # Objects among the parameters reach this run's strategy, though a resume cannot restore them.
         objects = {k: v for k, v in params.items() if k not in plan.params}
-        return run_eval(self, run_id, plan, task_obj, spec, pool, attributes, {}, on_problem, on_start, objects,
-                        max_concurrency)
+        self._trimr = trimr  # run_eval reaches _run_strategy without it; read there
+        try:
+            return run_eval(self, run_id, plan, task_obj, spec, pool, attributes, {}, on_problem, on_start, objects,
+                            max_concurrency)
+        finally:
+            self._trimr = None
 
     def resume(
         self,
@@ -436,13 +463,21 @@ class Orchestrator(TraceQueries):
         return task_obj, spec
 
     def _run_strategy(self, tracer, task_obj, spec: StrategySpec, pool: ModelPool, problem, budget,
-                      params) -> Result:
+                      params, trimr: "TrimR | None" = None) -> Result:
         ledger = Ledger(budget)
+        trimr = trimr if trimr is not None else getattr(self, "_trimr", None)
         ctx = SolveContext(task=task_obj, problem=problem, verifier=task_obj.verifier, ledger=ledger,
                            models=pool, tracer=tracer, artifacts=self.artifacts())
         if spec.prepare is not None:
             params = {**params, **spec.prepare(ctx, params)}
-        result = spec(ctx, **params)
+        params = _model_format(spec, pool, params)
+        if trimr is None:
+            result = spec(ctx, **params)
+        else:
+            ctx.trimr = trimr_session(trimr, task_obj, problem, pool, ledger, tracer)
+            with ctx.trimr.active():
+                result = spec(ctx, **params)
+            tracer.outcome["trimr"] = ctx.trimr.summary()
         # The ledger refuses calls that could overshoot; a backend that ignored its
         # max_tokens is the only way past it, and the result and trace must say so.
         if ledger.overdrawn:

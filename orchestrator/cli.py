@@ -24,6 +24,7 @@ from ._cli_common import (
 )
 from ._cli_batch import batch_app
 from ._cli_bench import bench_app
+from . import _cli_bench_trimr  # noqa: F401  (registers "ttc bench trimr")
 from ._cli_models import models_app
 from ._cli_graph import allocate, graph_app
 from ._cli_registry import strategies_app, tasks_app, verify_app

@@ -13,7 +13,8 @@ import pytest
 
 from ttc.tasks.registry import builtin_models, find_builtin, get_task
 
-EXPECTED = {"countdown-direct", "countdown-direct-small", "countdown-search", "sudoku-direct", "sudoku-search"}
+EXPECTED = {"countdown-direct", "countdown-direct-small", "countdown-reflective", "countdown-search",
+            "sudoku-direct", "sudoku-search"}
 
 
 @pytest.fixture(autouse=True)

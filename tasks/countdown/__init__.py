@@ -15,6 +15,7 @@ from ttc.tasks.registry import register_task
 from ttc.verifiers.countdown import CountdownVerifier
 
 from .formats import END, follows_hint, hint_for, prompt, search_trace
+from .reflective import REFLECTIVE_MAX_TOKENS
 from .generate import HELD_OUT_TARGETS, SPLITS, make_problems, split_of
 from .solver import format_steps, solvable, solve
 from .steps import CountdownSteps
@@ -48,7 +49,7 @@ class CountdownTask:
     """
 
     name = "countdown"
-    formats = ("direct", "search")
+    formats = ("direct", "search", "reflective")
 
     #: The model ``ttc solve`` uses when none is named.
     default_model = "countdown-direct"
@@ -62,8 +63,11 @@ class CountdownTask:
 
     def max_tokens(self, problem: dict | None = None, fmt: str = "direct") -> int:
         """Generation limit per format: a direct answer is three short lines (one more step
-        per number past four); a trace runs to the 1,024-token context ``countdown-search``
-        was trained for."""
+        per number past four); a search trace runs to the 1,024-token context
+        ``countdown-search`` was trained for, a reflective one to the 512-token context of
+        ``countdown-reflective`` (less its prompt)."""
+        if fmt == "reflective":
+            return REFLECTIVE_MAX_TOKENS
         if fmt != "direct":
             return 1024
         extra = max(0, len(problem.get("numbers", ())) - 4) if isinstance(problem, dict) else 0
@@ -77,7 +81,7 @@ class CountdownTask:
             raise BadInputError(str(exc)) from None
 
     def prompt(self, problem: dict, fmt: str = "direct", hint: str | int | None = None) -> str:
-        """The prompt for a problem ("direct", with an optional hint, or "search").
+        """The prompt for a problem ("direct", with an optional hint, "search" or "reflective").
 
         A problem may carry its own ``hint`` (a first operation or an intermediate value,
         e.g. from an upstream stage of a task graph); the direct format then conditions on it."""

@@ -13,6 +13,7 @@ Prompt (one line, no spaces around ">"), numbers in given order then the target:
     plan-conditioned "48 27 5 81>30|81-48=33:"   (hint: first operation)
                      "48 27 5 81>30|33:"         (hint: an intermediate value)
     search:          "48 27 5 81>30?\\n"
+    reflective:      "48 27 5 81>30!\\n"  (thought-marked traces, see :mod:`.reflective`)
 
 Search trace (depth-first, children sorted by a heuristic and pruned to the best few,
 one compact line per node: ``op:remaining numbers>target``; a leading space per depth). A
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import random
 
+from .reflective import PROMPT_SUFFIX, reflective_trace
 from .solver import Step, format_step, format_steps, moves, solve
 
 __all__ = [
@@ -64,8 +66,12 @@ def prompt(problem: dict, fmt: str = "direct", hint: str | int | None = None) ->
         if hint is not None:
             raise ValueError("the search format takes no hint")
         return head + "?\n"
+    if fmt == "reflective":
+        if hint is not None:
+            raise ValueError("the reflective format takes no hint")
+        return head + PROMPT_SUFFIX
     if fmt != "direct":
-        raise ValueError(f"unknown format {fmt!r}; expected 'direct' or 'search'")
+        raise ValueError(f"unknown format {fmt!r}; expected 'direct', 'search' or 'reflective'")
     if hint is not None:
         head += f"|{str(hint).strip()}"
     return head + ":"
@@ -190,7 +196,11 @@ def search_trace(
 def training_example(
     problem: dict, fmt: str, rng: random.Random, **trace_kw
 ) -> tuple[str, str] | None:
-    """(prompt, completion) for one problem in "direct", "plan" or "search" format."""
+    """(prompt, completion) for one problem in "direct", "plan", "search" or "reflective"
+    format ("reflective" takes ``max_chars`` from ``trace_kw`` as its length cap)."""
+    if fmt == "reflective":
+        trace = reflective_trace(problem, rng, max_chars=trace_kw.get("max_chars", 490))
+        return None if trace is None else (prompt(problem, "reflective"), trace)
     if fmt == "search":
         trace = search_trace(problem["numbers"], problem["target"], **trace_kw)
         return None if trace is None else (prompt(problem, "search"), trace)

@@ -16,7 +16,7 @@ from ttc.backends.errors import BadInputError
 from ..countdown import COUNTDOWN
 from ..sudoku import SUDOKU
 from ..tokenizer import build_tokenizer
-from .countdown_eval import evaluate_direct, evaluate_search
+from .countdown_eval import evaluate_direct, evaluate_reflective, evaluate_search, reflective_figures
 from .recipes import TrainConfig
 
 __all__ = ["qwen2_to_llama", "ship_checkpoint", "write_card"]
@@ -39,6 +39,10 @@ def write_card(out_dir: str | Path, config: TrainConfig, train_state: dict, resu
     """
     if config.task == "sudoku":
         return _write_sudoku_card(out_dir, config, train_state, results, notes)
+    if config.task == "stateful-arith":
+        from ..stateful_arith.card import write_card as write_arith_card
+
+        return write_arith_card(out_dir, config, train_state, results, notes)
     return _write_countdown_card(out_dir, config, train_state, results, notes)
 
 
@@ -87,8 +91,9 @@ def _write_countdown_card(out_dir: str | Path, config: TrainConfig, train_state:
     lines = [
         f"# {config.name}",
         "",
-        f"A {card['params']:,}-parameter {arch} causal LM trained from scratch on CountDown "
-        f"({config.kind} format). Loads with `AutoModelForCausalLM.from_pretrained` and "
+        f"A {card['params']:,}-parameter {arch} causal LM "
+        + (f"fine-tuned from `{Path(config.init_from).name}` " if config.init_from else "trained from scratch ")
+        + f"on CountDown ({config.kind} format). Loads with `AutoModelForCausalLM.from_pretrained` and "
         "`AutoTokenizer.from_pretrained` (character-level tokenizer).",
         "",
         f"- Shape: hidden {config.hidden_size}, {config.layers} layers, {config.heads} heads "
@@ -99,10 +104,10 @@ def _write_countdown_card(out_dir: str | Path, config: TrainConfig, train_state:
         *([(f"- Earlier stage (included in the totals): {card['earlier_stage']['minutes']:.1f} min, "
              f"{card['earlier_stage']['steps']} steps, {card['earlier_stage']['tokens']:,} tokens; "
              f"{card['earlier_stage']['data']}; lr {card['earlier_stage']['lr']}")] if card["earlier_stage"] else []),
-        f"- Prompt: `{COUNTDOWN.prompt({'numbers': [48, 27, 5, 81], 'target': 30}, 'search' if config.kind == 'search' else 'direct')!s}`"
+        f"- Prompt: `{COUNTDOWN.prompt({'numbers': [48, 27, 5, 81], 'target': 30}, config.kind if config.kind in ('search', 'reflective') else 'direct')!s}`"
         .replace("\n", "\\n"),
         "",
-        "## Results\n\nHeld-out 'test' split (never in training data), 200 problems per size, seed 0; "
+        f"## Results\n\nHeld-out 'test' split (never in training data), {results.get('4_numbers', {}).get('n_problems', 200)} problems per size, seed 0; "
         "`4_numbers` is the paper's task, `3_numbers` the easier variant. Reproduce with "
         f"`ttc models eval {config.name}`." if results else "",
         "",
@@ -197,6 +202,37 @@ def qwen2_to_llama(src: str | Path, dst: str | Path) -> None:
     build_tokenizer().save_pretrained(dst)
 
 
+def _raise_context(dest: Path, context: int) -> None:
+    """Sets max_position_embeddings to the trained context: a run continued from a
+    shorter-context checkpoint keeps its config (RoPE positions are computed, so the
+    weights need no change), and backends cap prompts and generation by that field."""
+    cfg_file = dest / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    if cfg.get("max_position_embeddings", context) < context:
+        cfg["max_position_embeddings"] = context
+        cfg_file.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def reflective_trace_figures(n: int = 2000, seed: int = 0, n_numbers: dict | None = None,
+                             max_chars: int = 490) -> dict:
+    """:func:`reflective_figures` of the training trace distribution: ``n`` fresh traces
+    of 'train' problems (sizes mixed as in ``n_numbers``), seeded."""
+    import random
+
+    from ..countdown.generate import make_problems
+    from ..countdown.reflective import reflective_trace
+
+    rng = random.Random(seed)
+    sizes = n_numbers or {4: 0.8, 3: 0.2}
+    samples = []
+    for size, share in sizes.items():
+        for p in make_problems(round(n * share), seed=seed + 7919, split="train", n_numbers=int(size)):
+            text = reflective_trace(p, rng, max_chars=max_chars)
+            if text is not None:
+                samples.append((p, text, len(text)))
+    return reflective_figures(samples)
+
+
 def ship_checkpoint(run_dir: str | Path, dest: str | Path, notes: str = "", n_problems: int = 200, seed: int = 0) -> dict:
     """Copies a trained CountDown run into a shipped checkpoint directory, measures it, writes its card.
 
@@ -219,13 +255,19 @@ def ship_checkpoint(run_dir: str | Path, dest: str | Path, notes: str = "", n_pr
         for f in _SHIPPED_FILES:
             if (run_dir / f).is_file():
                 shutil.copy2(run_dir / f, dest / f)
+    _raise_context(dest, config.context)
     results: dict = {}
     for size in (4, 3):
         problems = COUNTDOWN.make_problems(n_problems, seed=0, split="test", n_numbers=size)
-        if config.kind == "search":
+        if config.kind == "reflective":
+            results[f"{size}_numbers"] = evaluate_reflective(dest, problems, seed=seed)
+        elif config.kind == "search":
             results[f"{size}_numbers"] = evaluate_search(dest, problems, seed=seed)
         else:
             results[f"{size}_numbers"] = evaluate_direct(dest, problems, seed=seed, hints=size == 4)
+    if config.kind == "reflective":
+        results["training_traces"] = reflective_trace_figures(
+            seed=seed, n_numbers=config.n_numbers, max_chars=config.trace_max_chars)
     main = results["4_numbers"]
     # Top-level mirrors of the main (4-number) numbers, for tools that read one field.
     results = {"pass_at_1": main["pass_at_1"], **({"pass_at_k": main["pass_at_k"]} if "pass_at_k" in main else {}), **results}

@@ -31,6 +31,10 @@ def evaluate_checkpoint(
         seed: Sampling seed.
         quick: Fewer samples per problem (pass@1 and pass@4 only), no greedy or hint runs.
     """
+    if checkpoint_task(path) == "stateful-arith":
+        from ..stateful_arith.evaluate import evaluate_checkpoint as evaluate_arith
+
+        return evaluate_arith(path, problems=problems, limit=limit, temperature=temperature, seed=seed, quick=quick)
     if checkpoint_task(path) == "sudoku":
         return sudoku_eval.evaluate_checkpoint(path, problems=problems, limit=limit, temperature=temperature,
                                                seed=seed, quick=quick)

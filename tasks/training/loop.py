@@ -60,6 +60,11 @@ def example_stream(cfg: TrainConfig, seed: int, pool: list[tuple[str, str]] | No
 
         yield from sudoku_stream(cfg, seed)
         return
+    if cfg.task == "stateful-arith":
+        from ..stateful_arith.data import example_stream as arith_stream
+
+        yield from arith_stream(cfg, seed)
+        return
     rng = random.Random(seed)
     fmts, fw = zip(*cfg.mix.items())
     sizes, sw = zip(*cfg.n_numbers.items())
@@ -151,6 +156,9 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, *, _s
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(config.init_from)
+        # A longer context than the start checkpoint's: RoPE positions are computed, not learned.
+        if getattr(model.config, "max_position_embeddings", config.context) < config.context:
+            model.config.max_position_embeddings = config.context
         prev_file = Path(config.init_from) / "train_state.json"
         if prev_file.is_file():
             prev_state = json.loads(prev_file.read_text())

@@ -5,6 +5,7 @@ Pure configuration: no torch here, so listing or budgeting a recipe stays cheap.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
@@ -17,7 +18,8 @@ class TrainConfig(BaseModel):
 
     Attributes:
         name: Checkpoint name.
-        kind: "direct" (direct + plan-conditioned formats) or "search" (DFS traces).
+        kind: "direct" (direct + plan-conditioned formats), "search" (DFS traces) or
+            "reflective" (thought-marked traces that re-check an answer, for TrimR).
         arch: "qwen2" or "llama" (transformers config class).
         hidden_size, layers, heads, kv_heads, intermediate_size: Model shape.
         context: max_position_embeddings; also the longest training sequence.
@@ -40,8 +42,8 @@ class TrainConfig(BaseModel):
     """
 
     name: str = "countdown-direct"
-    task: Literal["countdown", "sudoku"] = "countdown"
-    kind: Literal["direct", "search"] = "direct"
+    task: Literal["countdown", "sudoku", "stateful-arith"] = "countdown"
+    kind: Literal["direct", "search", "reflective"] = "direct"
     # Llama by default: transformers 5 forces Qwen2Tokenizer on AutoTokenizer.from_pretrained
     # of a "qwen2" checkpoint, which re-tokenizes with GPT-2 rules and drops the spaces of
     # the character tokenizer. A Llama checkpoint keeps the saved tokenizer.json as is.
@@ -94,6 +96,10 @@ class TrainConfig(BaseModel):
             from ..sudoku.data import data_description
 
             return data_description(self)
+        if self.task == "stateful-arith":
+            from ..stateful_arith.data import data_description as arith_description
+
+            return arith_description(self)
         names = {"rft": "the start checkpoint's own verified answers (rejection sampling)"}
         mix = ", ".join(f"{names.get(k, k)} {v:.0%}" for k, v in self.mix.items())
         sizes = ", ".join(f"{k} numbers {v:.0%}" for k, v in sorted(self.n_numbers.items()))
@@ -145,11 +151,36 @@ RECIPES: dict[str, TrainConfig] = {
         first_mix={"direct": 1.0}, first_fraction=0.35,
         mix={"search": 0.6, "direct": 0.4}, n_numbers={4: 0.5, 3: 0.5}, trace_max_chars=1000, minutes=58.0,
     ),
+    # Thought-marked traces for TrimR (tasks/countdown/reflective.py): fine-tuned from the
+    # shipped countdown-direct (same tokenizer and shape; its answers are the first thought
+    # of a trace). RoPE positions past its 128-token context are computed, not learned, so
+    # the 512-token context only needs max_position_embeddings raised in the saved config.
+    "countdown-reflective": TrainConfig(
+        name="countdown-reflective", kind="reflective", hidden_size=192, layers=4, heads=6, kv_heads=2,
+        intermediate_size=512, context=512, lr=1e-3, warmup_steps=50, batch_tokens=4096,
+        attention_bias=True, mix={"reflective": 1.0}, n_numbers={4: 0.8, 3: 0.2},
+        trace_max_chars=490, minutes=38.0,
+        init_from=str(Path(__file__).resolve().parents[1] / "checkpoints" / "countdown-direct"),
+    ),
     # Sudoku 6x6 (boxes 2x3), 9..18 givens; board size chosen by pilots (see the model cards).
     "sudoku-direct": TrainConfig(
         name="sudoku-direct", task="sudoku", kind="direct", arch="llama", hidden_size=192, layers=4, heads=6,
         kv_heads=2, intermediate_size=512, context=96, lr=2e-3, batch_tokens=3072, mix={"direct": 1.0},
         sudoku_size=6, sudoku_givens=(9, 18), minutes=30.0,
+    ),
+    # stateful-arith (sleep-time compute): one model for (a) derivations, (b) notes and
+    # (c) answers from notes; examples run 60-260 characters, so a 384-token context holds
+    # context + notes + derivation. Same shape as countdown-direct (~1.5M parameters).
+    "stateful-arith": TrainConfig(
+        name="stateful-arith", task="stateful-arith", kind="direct", arch="llama", hidden_size=192, layers=4,
+        heads=6, kv_heads=2, intermediate_size=512, context=384, lr=2e-3, batch_tokens=4096,
+        attention_bias=True, mix={"derive": 0.4, "notes": 0.2, "with_notes": 0.4}, minutes=40.0,
+        # Then 16 more minutes from stage 1's checkpoint (a fresh warm-up and cosine at 1.5e-3).
+        then=TrainConfig(
+            name="stateful-arith", task="stateful-arith", kind="direct", arch="llama", hidden_size=192, layers=4,
+            heads=6, kv_heads=2, intermediate_size=512, context=384, lr=1.5e-3, warmup_steps=20, batch_tokens=4096,
+            attention_bias=True, mix={"derive": 0.4, "notes": 0.2, "with_notes": 0.4}, minutes=16.0, seed=1,
+        ),
     ),
     # Grid-per-line traces: 12-given puzzles need a median of 338 characters (91% within
     # 512); traces of the hardest 9-given puzzles beyond 1,000 characters are left out.
