@@ -27,7 +27,7 @@ from .streaming import BudgetedStream, stream_model
 from .tracing import NullTracer, Tracer
 from .types import Result, Verdict
 
-__all__ = ["Task", "Verifier", "Strategy", "ArtifactStore", "ModelPool", "SolveContext", "ROLES"]
+__all__ = ["Task", "Verifier", "Strategy", "RecordedRuns", "ModelPool", "SolveContext", "ROLES"]
 
 #: Roles the built-in strategies know; a plug-in may use any other name.
 ROLES = ("policy", "search", "judge", "planner", "sleep")
@@ -86,7 +86,7 @@ class Task(Protocol):
 
 
 @runtime_checkable
-class ArtifactStore(Protocol):
+class RecordedRuns(Protocol):
     """Where a strategy finds what was recorded earlier (auto's calibrated policy)."""
 
     def latest(self, kind: str, **match: Any) -> dict[str, Any] | None:
@@ -164,7 +164,7 @@ class SolveContext:
     ledger: Ledger
     models: ModelPool
     tracer: Tracer = field(default_factory=NullTracer)
-    artifacts: ArtifactStore | None = None
+    artifacts: RecordedRuns | None = None
     resources: dict[str, Any] = field(default_factory=dict)
     trimr: Any = None
 

@@ -50,6 +50,7 @@ from .durability import (
 )
 from ._trimr_setup import check_trimr, trimr_session
 from .models import load_backend
+from ._sleep_api import SleepMixin
 from ._trace_queries import TraceQueries
 from .tracing import StoreTracer, one_line
 
@@ -122,7 +123,7 @@ class _StoreArtifacts:
         return None
 
 
-class Orchestrator(TraceQueries):
+class Orchestrator(TraceQueries, SleepMixin):
     """Entry point of the Python API.
 
     Args:

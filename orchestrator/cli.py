@@ -25,10 +25,12 @@ from ._cli_common import (
 from ._cli_batch import batch_app
 from ._cli_bench import bench_app
 from . import _cli_bench_trimr  # noqa: F401  (registers "ttc bench trimr")
+from . import _cli_bench_sleeptime  # noqa: F401  (registers "ttc bench sleeptime")
 from ._cli_models import models_app
 from ._cli_graph import allocate, graph_app
 from ._cli_registry import strategies_app, tasks_app, verify_app
 from ._cli_serve import serve
+from ._cli_sleep import sleep_app
 from ._cli_solve import evaluate, solve
 from ._cli_traces import traces_app
 
@@ -61,6 +63,7 @@ app.add_typer(tasks_app, name="tasks")
 app.add_typer(strategies_app, name="strategies")
 app.add_typer(verify_app, name="verify")
 app.add_typer(graph_app, name="graph")
+app.add_typer(sleep_app, name="sleep")
 app.command("allocate")(allocate)
 app.command("serve")(serve)
 

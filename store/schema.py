@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "Candidate", "JSONType", "Job", "Run", "Span", "UTCDateTime"]
+__all__ = ["Artifact", "Base", "Candidate", "JSONType", "Job", "Run", "Span", "UTCDateTime"]
 
 # Explicit constraint names let later migrations drop or alter constraints by name,
 # which SQLite's batch mode needs.
@@ -159,3 +159,30 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     finished_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Artifact(Base):
+    """A sleep-time artifact: what a model worked out about a context before its queries.
+
+    ``key`` hashes the context, the sleep model's checkpoint digest and the sleep
+    configuration, so a changed one of them never finds a stale row. ``run_id`` is the
+    precompute run that wrote it; not a foreign key, so deleting old runs keeps the
+    artifacts (they are reused across runs).
+    """
+
+    __tablename__ = "artifacts"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    task: Mapped[str] = mapped_column(String(64), index=True)
+    # Indexed: "what do we hold for this context" lists every model's and config's artifacts.
+    context_hash: Mapped[str] = mapped_column(String(64), index=True)
+    checkpoint_digest: Mapped[str] = mapped_column(String(160))
+    config_hash: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(Text)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    calls: Mapped[int] = mapped_column(Integer, default=0)
+    run_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)

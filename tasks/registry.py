@@ -66,7 +66,7 @@ def _adapt(name: str, obj: Any) -> Task:
     return task
 
 
-TASKS: Registry[Task] = Registry("task", "ttc.tasks", ("ttc.tasks.countdown", "ttc.tasks.sudoku", "ttc.tasks.humaneval"),
+TASKS: Registry[Task] = Registry("task", "ttc.tasks", ("ttc.tasks.countdown", "ttc.tasks.sudoku", "ttc.tasks.humaneval", "ttc.tasks.stateful_arith"),
                                  _adapt)
 
 

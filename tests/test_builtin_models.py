@@ -13,7 +13,7 @@ import pytest
 
 from ttc.tasks.registry import builtin_models, find_builtin, get_task
 
-EXPECTED = {"countdown-direct", "countdown-direct-small", "countdown-reflective", "countdown-search",
+EXPECTED = {"countdown-direct", "countdown-direct-small", "countdown-reflective", "countdown-search", "stateful-arith",
             "sudoku-direct", "sudoku-search"}
 
 

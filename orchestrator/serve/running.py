@@ -24,7 +24,7 @@ from ttc.backends.errors import BadInputError
 from ttc.backends.types import Completion, SamplingParams
 from ttc.core.budget import Budget, Ledger
 from ttc.core.calls import call_model
-from ttc.core.contracts import ArtifactStore, ModelPool, SolveContext
+from ttc.core.contracts import RecordedRuns, ModelPool, SolveContext
 from ttc.core.streaming import stream_model
 from ttc.core.types import Result, Verdict
 from ttc.strategies.registry import StrategySpec, get_strategy
@@ -140,7 +140,7 @@ class PreparedChat:
     task: Any = None
     problem: dict | None = None
     strategy_params: dict[str, Any] = field(default_factory=dict)
-    artifacts: ArtifactStore | None = None
+    artifacts: RecordedRuns | None = None
 
     @property
     def verifier_name(self) -> str | None:
@@ -266,7 +266,7 @@ def _strategy_params(spec: StrategySpec, plan: ChatPlan, max_tokens: int | None)
     return check_strategy_params(params, source="ttc.params.")
 
 
-def prepare_chat(plan: ChatPlan, load: Loader, *, artifacts: ArtifactStore | None = None) -> PreparedChat:
+def prepare_chat(plan: ChatPlan, load: Loader, *, artifacts: RecordedRuns | None = None) -> PreparedChat:
     """Loads the plan's models and checks everything that can reject it.
 
     Args:
@@ -307,7 +307,7 @@ def prepare_chat(plan: ChatPlan, load: Loader, *, artifacts: ArtifactStore | Non
     return prepared
 
 
-def run_chat(plan: ChatPlan, load: Loader, tracer: Any, seed: int, *, artifacts: ArtifactStore | None = None,
+def run_chat(plan: ChatPlan, load: Loader, tracer: Any, seed: int, *, artifacts: RecordedRuns | None = None,
              on_delta: OnDelta | None = None) -> ChatOutcome:
     """Prepares and runs ``plan`` in ``tracer``'s run (the batch runner's one call)."""
     return prepare_chat(plan, load, artifacts=artifacts).run(tracer, seed, on_delta=on_delta)
