@@ -37,7 +37,7 @@ from ttc.backends.types import Completion, Generation, SamplingParams, Usage
 from ._trimr_monitor import DEFAULT_MARKERS, Decision, RepetitionDetector, Rules, Segmenter
 from .budget import Ledger
 from .calls import _ACTIVE_TRIMR, CallResult
-from .cost import CostModel
+from .cost import Cost, CostModel
 from .streaming import BudgetedStream, stream_model
 from .tracing import NullTracer, Tracer
 
@@ -150,7 +150,7 @@ class Checker:
 
     def submit(self, mon: "Monitor", index: int, thought: str) -> None:
         if self._thread is None:
-            self._process([(mon, index, thought)])
+            self._safe_process([(mon, index, thought)])
         else:
             self._q.put((mon, index, thought))
 
@@ -166,16 +166,27 @@ class Checker:
             if item is None:
                 return
             items = [item]
+            stop = False
             while len(items) < self.batch:  # batch what queued up while the last check ran
                 try:
                     nxt = self._q.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is None:
-                    self._process(items)
-                    return
+                    stop = True
+                    break
                 items.append(nxt)
+            self._safe_process(items)
+            if stop:
+                return
+
+    def _safe_process(self, items: list[tuple["Monitor", int, str]]) -> None:
+        # Whatever goes wrong in a check (a verifier breaking its contract included) is
+        # recorded and the worker lives on: decoding goes on, untrimmed by that check.
+        try:
             self._process(items)
+        except Exception as exc:
+            self.error = exc
 
     def _process(self, items: list[tuple["Monitor", int, str]]) -> None:
         items = [it for it in items if not it[0].finished]
@@ -198,7 +209,11 @@ class Checker:
                         pairs.append((prev, a))
                     if a is not None:
                         last[id(mon)] = a
-                eq = iter(list(self.verifier.equivalent(problem, pairs, self.ctx)) if pairs else [])
+                verdicts = list(self.verifier.equivalent(problem, pairs, self.ctx)) if pairs else []
+                if len(answers) != len(items) or len(verdicts) != len(pairs):
+                    raise ValueError(f"thought verifier {type(self.verifier).__name__} gave {len(answers)} answers "
+                                     f"for {len(items)} thoughts and {len(verdicts)} verdicts for {len(pairs)} pairs")
+                eq = iter(verdicts)
             except Exception as exc:  # a failing verifier must not kill decoding: record it, trim nothing
                 self.error = exc
                 span.set(**{"ttc.trimr.error": f"{type(exc).__name__}: {exc}"[:300]})
@@ -340,7 +355,10 @@ class TrimRSession:
         self.cfg, self.verifier, self.problem = cfg, verifier, problem
         self.ledger, self.tracer, self.policy = ledger, tracer, policy
         self.monitors: list[Monitor] = []
-        self.checker = Checker(verifier, CheckContext(ledger, tracer), cfg.batch, cfg.asynchronous)
+        # The checks charge a child ledger: the solve's budget holds them, and what they
+        # spent can be told apart from the policy's calls (verifier_usage).
+        self.check_ledger = ledger.child()
+        self.checker = Checker(verifier, CheckContext(self.check_ledger, tracer), cfg.batch, cfg.asynchronous)
 
     @contextmanager
     def active(self) -> Iterator["TrimRSession"]:
@@ -388,6 +406,12 @@ class TrimRSession:
             result.generations.append(Generation(model=backend.name, prompt_tokens=plen, completions=comps,
                                                  usage=usage, latency_s=latency))
         return result
+
+    def verifier_usage(self) -> tuple[Usage, Cost]:
+        """Tokens and compute the thought verifier's checks spent (a judge's calls; none for exact)."""
+        s = self.check_ledger.spent
+        return (Usage(prompt_tokens=s.prompt_tokens, completion_tokens=s.completion_tokens, calls=s.calls),
+                Cost(s.flops, s.paper_flops, s.eflops))
 
     def summary(self) -> dict[str, Any]:
         """Decisions by rule, thoughts and checks of this session (for the result record)."""

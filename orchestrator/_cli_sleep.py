@@ -86,12 +86,15 @@ def precompute(
     art = out.artifact
     if json_out:
         emit_json({"key": out.key, "reused": out.reused, "notes": art.notes, "notes_text": art.notes_text,
-                   "anticipated": art.anticipated, "model": art.model, "checkpoint_digest": art.checkpoint_digest,
+                   "notes_written": len(art.notes_text), "anticipated": art.anticipated, "model": art.model, "checkpoint_digest": art.checkpoint_digest,
                    "sleep_tokens": out.sleep_tokens, "sleep_generated_tokens": out.sleep_generated_tokens,
                    "trace_id": out.trace_id})
         return
     what = "already stored" if out.reused else "stored"
     stdout.print(f"notes ({what}): {esc(', '.join(f'{k}={v}' for k, v in art.notes.items()) or '(none readable)')}")
+    if len(art.notes_text) < notes:  # the budget shrank the call: stored under the smaller count's key
+        stdout.print(f"the sleep budget held only {len(art.notes_text)} of {notes} notes; stored as "
+                     f"--notes {len(art.notes_text)}")
     stdout.print(f"sleep tokens: {out.sleep_tokens} ({out.sleep_generated_tokens} generated); key {esc(out.key)}")
     stdout.print(f"trace: {esc(out.trace_id)}")
 
@@ -125,6 +128,8 @@ def ask(
 ) -> None:
     """Answer a query about a context (test budget), with its stored notes when they exist."""
     from ttc.strategies.registry import get_strategy
+    from ttc.strategies.sleeptime import check_test_strategy
+    from ttc.tasks.registry import get_task
 
     from ._cli_solve import strategy_params
 
@@ -136,6 +141,10 @@ def ask(
     params = strategy_params(None, None, n, None, param)
     for name in (strategy, fallback):
         get_strategy(name).check_params(params)
+    # Refused before any model loads: a graded verifier (stateful-arith's) may not select.
+    verifier = get_task(task).verifier
+    check_test_strategy(verifier, strategy, "--strategy")
+    check_test_strategy(verifier, fallback, "--fallback")
     budget = Budget(tokens=check_budget(budget_tokens))
     text = _context(context)
     extra = _models(role)

@@ -37,32 +37,43 @@ BaseUrlOpt = Annotated[str | None, typer.Option(
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 TrimROpt = Annotated[bool, typer.Option("--trimr", help="TrimR: cut redundant thinking of the policy model "
                                         "while it streams (a thought verifier, injected conclusion prompts).")]
-TrimRVerifierOpt = Annotated[str, typer.Option("--trimr-verifier", help="TrimR's thought verifier: exact "
-                                               "(canonical answers) or judge (the --role judge=MODEL).")]
-TrimRRulesOpt = Annotated[str, typer.Option("--trimr-rules", help="Comma-separated TrimR rules: over, under, "
-                                            "repetition.")]
-TrimRAgreeOpt = Annotated[int, typer.Option("--trimr-agree", help="M: consecutive equivalent answer pairs that "
-                                            "end thinking (paper: 2).")]
-TrimRRatioOpt = Annotated[float, typer.Option("--trimr-ratio", help="R: share of max tokens after which a "
-                                              "non-converged chain concludes.")]
-TrimRThoughtsOpt = Annotated[int, typer.Option("--trimr-thoughts", help="N: thoughts after which a "
-                                               "non-converged chain concludes.")]
+TrimRVerifierOpt = Annotated[str | None, typer.Option("--trimr-verifier", help="TrimR's thought verifier: exact "
+                                                      "(canonical answers; default) or judge (the --role judge=MODEL).")]
+TrimRRulesOpt = Annotated[str | None, typer.Option("--trimr-rules", help="Comma-separated TrimR rules: over, under, "
+                                                   "repetition (default: all three).")]
+TrimRAgreeOpt = Annotated[int | None, typer.Option("--trimr-agree", help="M: consecutive equivalent answer pairs "
+                                                   "that end thinking (default, as the paper: 2).")]
+TrimRRatioOpt = Annotated[float | None, typer.Option("--trimr-ratio", help="R: share of max tokens after which a "
+                                                     "non-converged chain concludes (default 0.5).")]
+TrimRThoughtsOpt = Annotated[int | None, typer.Option("--trimr-thoughts", help="N: thoughts after which a "
+                                                      "non-converged chain concludes (default 16).")]
 
 
-def trimr_option(on: bool, verifier: str, rules: str, agree: int, ratio: float, thoughts: int):
+def trimr_option(on: bool, verifier: str | None, rules: str | None, agree: int | None, ratio: float | None,
+                 thoughts: int | None):
     """The ``TrimR`` the flags describe (None without ``--trimr``), checked.
 
     Raises:
-        BadInputError: An unknown verifier or rule, or a value out of range.
+        BadInputError: A ``--trimr-*`` flag without ``--trimr``, an unknown verifier or
+            rule, no rules, or a value out of range.
     """
+    given = {"--trimr-verifier": verifier, "--trimr-rules": rules, "--trimr-agree": agree,
+             "--trimr-ratio": ratio, "--trimr-thoughts": thoughts}
     if not on:
+        extra = [flag for flag, v in given.items() if v is not None]
+        if extra:  # silently ignored settings would look like TrimR ran with them
+            raise BadInputError(f"{', '.join(extra)} set TrimR, which is off: add --trimr")
         return None
     from ttc.core.trimr import TrimR
 
+    verifier = "exact" if verifier is None else verifier
     if verifier not in ("exact", "judge"):
         raise BadInputError(f"--trimr-verifier must be exact or judge, got {verifier!r}")
-    names = tuple(r.strip() for r in rules.split(",") if r.strip())
-    return TrimR(verifier=verifier, rules=names, agree=agree, ratio=ratio, max_thoughts=thoughts)
+    names = ("over", "under", "repetition") if rules is None else tuple(r.strip() for r in rules.split(",") if r.strip())
+    if not names:
+        raise BadInputError("--trimr-rules names no rule: give some of over, under, repetition")
+    return TrimR(verifier=verifier, rules=names, agree=2 if agree is None else agree,
+                 ratio=0.5 if ratio is None else ratio, max_thoughts=16 if thoughts is None else thoughts)
 
 
 def read_problem(value: str) -> dict:
@@ -133,11 +144,11 @@ def solve(
     base_url: BaseUrlOpt = None,
     device: DeviceOpt = "auto",
     trimr: TrimROpt = False,
-    trimr_verifier: TrimRVerifierOpt = "exact",
-    trimr_rules: TrimRRulesOpt = "over,under,repetition",
-    trimr_agree: TrimRAgreeOpt = 2,
-    trimr_ratio: TrimRRatioOpt = 0.5,
-    trimr_thoughts: TrimRThoughtsOpt = 16,
+    trimr_verifier: TrimRVerifierOpt = None,
+    trimr_rules: TrimRRulesOpt = None,
+    trimr_agree: TrimRAgreeOpt = None,
+    trimr_ratio: TrimRRatioOpt = None,
+    trimr_thoughts: TrimRThoughtsOpt = None,
     remote: RemoteOptions = NO_REMOTE,
     db: DbOption = None,
     json_out: JsonOption = False,
@@ -213,11 +224,11 @@ def evaluate(
     base_url: BaseUrlOpt = None,
     device: DeviceOpt = "auto",
     trimr: TrimROpt = False,
-    trimr_verifier: TrimRVerifierOpt = "exact",
-    trimr_rules: TrimRRulesOpt = "over,under,repetition",
-    trimr_agree: TrimRAgreeOpt = 2,
-    trimr_ratio: TrimRRatioOpt = 0.5,
-    trimr_thoughts: TrimRThoughtsOpt = 16,
+    trimr_verifier: TrimRVerifierOpt = None,
+    trimr_rules: TrimRRulesOpt = None,
+    trimr_agree: TrimRAgreeOpt = None,
+    trimr_ratio: TrimRRatioOpt = None,
+    trimr_thoughts: TrimRThoughtsOpt = None,
     remote: RemoteOptions = NO_REMOTE,
     db: DbOption = None,
     json_out: JsonOption = False,
@@ -231,8 +242,9 @@ def evaluate(
         given = {"--task": task, "--problems": problems, "--strategy": None if strategy == "sample" else strategy,
                  "--model": model, "--role": role, "--temperature": temperature, "--seed": seed, "--n": n,
                  "--max-tokens": max_tokens, "--param": param, "--budget-tokens": budget_tokens, "--limit": limit,
-                 "--trimr": trimr}
-        extra = [flag for flag, v in given.items() if v]
+                 "--trimr": trimr, "--trimr-verifier": trimr_verifier, "--trimr-rules": trimr_rules,
+                 "--trimr-agree": trimr_agree, "--trimr-ratio": trimr_ratio, "--trimr-thoughts": trimr_thoughts}
+        extra = [flag for flag, v in given.items() if v or (flag.startswith("--trimr-") and v is not None)]
         if extra:
             raise BadInputError(f"--resume takes the problems and settings from the store; drop {', '.join(extra)}")
     elif task is None or problems is None:

@@ -23,7 +23,13 @@ from ttc.core.artifacts import Artifact, artifact_key, config_hash, context_hash
 from ttc.core.budget import Budget, Ledger
 from ttc.core.contracts import ModelPool, SolveContext
 from ttc.store.artifacts import ArtifactTable
-from ttc.strategies.sleeptime import SleepConfig, answer_query, precompute_notes, sleep_formats
+from ttc.strategies.sleeptime import (
+    SleepConfig,
+    answer_query,
+    check_test_strategy,
+    precompute_notes,
+    sleep_formats,
+)
 from ttc.tasks.registry import get_task
 
 __all__ = ["AskResult", "PrecomputeResult", "SleepMixin"]
@@ -123,6 +129,11 @@ class SleepMixin:
             config: :class:`SleepConfig` or its fields (``{"notes": 5}``).
             force: Recompute even when artifacts under the same key are stored.
 
+        Returns:
+            The result; when the sleep budget held fewer notes than ``config.notes``, the
+            artifact is stored under the key of the notes actually written (so ``ask``
+            with the full configuration does not find it), and ``key`` is that key.
+
         Raises:
             BadInputError: Unknown task, a task without sleep formats, a malformed
                 context, a bad configuration, or a sleep budget that holds no notes call.
@@ -144,9 +155,11 @@ class SleepMixin:
                 raise BadInputError(f"the sleep budget cannot hold one notes call of {cfg.notes} note(s); "
                                     "raise --budget-tokens or lower --notes")
             art = art.model_copy(update={"trace_id": tracer.trace_id})
+            # A budget-shrunk artifact carries its own key (the notes actually written).
             table.put_artifact(art.to_record())
-            tracer.outcome.update({"sleep_tokens": art.sleep_tokens, "quantities": len(art.notes)})
-        return PrecomputeResult(key=key, artifact=art, sleep_tokens=art.sleep_tokens,
+            tracer.outcome.update({"sleep_tokens": art.sleep_tokens, "quantities": len(art.notes),
+                                   "notes_written": len(art.notes_text), "stored_key": art.key})
+        return PrecomputeResult(key=art.key, artifact=art, sleep_tokens=art.sleep_tokens,
                                 sleep_generated_tokens=art.usage.completion_tokens, trace_id=tracer.trace_id)
 
     def ask(self, task: str, context: str, query: str, *, model: str | Backend | None = None,
@@ -170,13 +183,17 @@ class SleepMixin:
             counterfactuals: ``notes`` or ``fallback`` (see ``strategies.sleeptime.answer_query``).
 
         Raises:
-            BadInputError: As for :meth:`precompute`, a malformed query, an unknown strategy.
+            BadInputError: As for :meth:`precompute`, a malformed query, an unknown strategy,
+                or one that selects by the score of a graded verifier (stateful-arith's).
         """
         if counterfactuals not in ("notes", "fallback"):
             raise BadInputError(f"counterfactuals must be 'notes' or 'fallback', got {counterfactuals!r}")
         task_obj, _fm, _cfg, pool, _sleeper, norm, key = self._sleep_setup(task, context, model, models, base_url,
                                                                             config)
         problem = task_obj.parse_problem({"context": context, "query": query})
+        # Refused before the run opens: a graded verifier may not select (an oracle).
+        check_test_strategy(task_obj.verifier, strategy, "strategy")
+        check_test_strategy(task_obj.verifier, fallback, "fallback")
         record = self.artifact_store().get_artifact(key)
         art = Artifact.from_record(record) if record is not None else None
         with self.run("sleep", f"{task}/ask", task=task, model=pool.policy.name, models=pool.roles(),

@@ -13,11 +13,16 @@ from typing import Any
 
 from ttc.backends.errors import BadInputError
 from ttc.core.budget import Ledger
+from ttc.core.cost import Cost
 from ttc.core.contracts import ModelPool
 from ttc.core.tracing import Tracer
 from ttc.core.trimr import DEFAULT_MARKERS, TrimR, TrimRSession
 
-__all__ = ["check_trimr", "trimr_format", "trimr_session", "thought_verifier"]
+__all__ = ["TRIMR_PARAM", "add_verifier_spend", "check_trimr", "trimr_format", "trimr_session", "thought_verifier"]
+
+#: Key under which an eval passes its TrimR to ``_run_strategy`` among the object parameters
+#: (not a strategy parameter: popped before the strategy sees them).
+TRIMR_PARAM = "__ttc_trimr__"
 
 #: Conclusion prompts for a model with no format of its own (R1-style wording).
 GENERIC = {"markers": DEFAULT_MARKERS, "per_line": False, "conclude": None,
@@ -79,3 +84,14 @@ def trimr_session(trimr: TrimR, task_obj: Any, problem: dict, pool: ModelPool, l
     """A TrimR session for one solve of ``problem`` with ``pool``'s policy model."""
     cfg = trimr.with_format(**trimr_format(pool.policy.name))
     return TrimRSession(cfg, thought_verifier(trimr, task_obj, pool), problem, ledger, tracer, pool.policy)
+
+
+def add_verifier_spend(result: Any, session: TrimRSession) -> None:
+    """Adds what the thought verifier's checks spent to ``result`` (a strategy sums only its own calls)."""
+    usage, cost = session.verifier_usage()
+    if not usage.calls and not usage.total_tokens:
+        return
+    result.usage = result.usage + usage
+    result.tokens = result.usage.total_tokens
+    total = Cost(result.flops, result.paper_flops, result.eflops) + cost
+    result.flops, result.paper_flops, result.eflops = total.flops, total.paper_flops, total.eflops

@@ -32,6 +32,7 @@ from ttc.core.types import Result
 from ttc.store import StoreError, TraceStore
 from ttc.store.engine import resolve_db_url
 from ttc.strategies.registry import StrategySpec, get_strategy
+from ttc.strategies.sleeptime import check_test_strategy
 from ttc.tasks.registry import find_builtin, get_task
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ from .durability import (
     report_from_jobs,
     run_eval,
 )
-from ._trimr_setup import check_trimr, trimr_session
+from ._trimr_setup import TRIMR_PARAM, add_verifier_spend, check_trimr, trimr_session
 from .models import load_backend
 from ._sleep_api import SleepMixin
 from ._trace_queries import TraceQueries
@@ -399,12 +400,10 @@ class Orchestrator(TraceQueries, SleepMixin):
                                       attributes={**attributes, "eval": plan.model_dump(mode="json")})
         # Objects among the parameters reach this run's strategy, though a resume cannot restore them.
         objects = {k: v for k, v in params.items() if k not in plan.params}
-        self._trimr = trimr  # run_eval reaches _run_strategy without it; read there
-        try:
-            return run_eval(self, run_id, plan, task_obj, spec, pool, attributes, {}, on_problem, on_start, objects,
-                            max_concurrency)
-        finally:
-            self._trimr = None
+        if trimr is not None:  # rides with the objects to _run_strategy, never on self (a concurrent solve)
+            objects[TRIMR_PARAM] = trimr
+        return run_eval(self, run_id, plan, task_obj, spec, pool, attributes, {}, on_problem, on_start, objects,
+                        max_concurrency)
 
     def resume(
         self,
@@ -461,12 +460,16 @@ class Orchestrator(TraceQueries, SleepMixin):
         task_obj = get_task(task)
         spec = get_strategy(strategy)
         spec.check_params(params)
+        # A verifier that checks by solving (stateful-arith's) may grade, never pick.
+        check_test_strategy(task_obj.verifier, strategy)
         return task_obj, spec
 
     def _run_strategy(self, tracer, task_obj, spec: StrategySpec, pool: ModelPool, problem, budget,
                       params, trimr: "TrimR | None" = None) -> Result:
         ledger = Ledger(budget)
-        trimr = trimr if trimr is not None else getattr(self, "_trimr", None)
+        if TRIMR_PARAM in params:  # an eval's TrimR, passed among its object parameters
+            params = dict(params)
+            trimr = params.pop(TRIMR_PARAM)
         ctx = SolveContext(task=task_obj, problem=problem, verifier=task_obj.verifier, ledger=ledger,
                            models=pool, tracer=tracer, artifacts=self.artifacts())
         if spec.prepare is not None:
@@ -479,6 +482,7 @@ class Orchestrator(TraceQueries, SleepMixin):
             with ctx.trimr.active():
                 result = spec(ctx, **params)
             tracer.outcome["trimr"] = ctx.trimr.summary()
+            add_verifier_spend(result, ctx.trimr)
         # The ledger refuses calls that could overshoot; a backend that ignored its
         # max_tokens is the only way past it, and the result and trace must say so.
         if ledger.overdrawn:

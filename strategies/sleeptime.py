@@ -45,7 +45,8 @@ from ttc.core.types import Result
 
 from .registry import get_strategy
 
-__all__ = ["FreeTextRecord", "SleepAnswer", "SleepConfig", "SleepFormats", "answer_query", "combine_notes",
+__all__ = ["SCORE_FREE_STRATEGIES", "FreeTextRecord", "SleepAnswer", "SleepConfig", "SleepFormats", "answer_query",
+           "check_test_strategy", "combine_notes",
            "free_text_session", "is_counterfactual", "precompute_notes", "sleep_formats", "spend_delta", "vote"]
 
 _ENTRY = re.compile(r"^\s*([A-Za-z_]\w*)\s*=.*?(-?\d+)\s*$")
@@ -133,7 +134,7 @@ def sleep_formats(task: Any) -> SleepFormats:
                         normalize_context=find("normalize_context") or squash,
                         normalize_query=find("normalize_query") or squash,
                         anticipate_prompt=find("anticipate_prompt"), parse_answer=find("parse_answer"),
-                        validate_context=find("parse_context"))
+                        validate_context=find("check_context") or find("parse_context"))
 
 
 def is_counterfactual(query: str) -> bool:
@@ -182,7 +183,9 @@ def precompute_notes(task: Any, contexts: Sequence[str], backend: Backend, ledge
         config: The sleep configuration (default: ``SleepConfig()``).
 
     Returns:
-        One Artifact per context (``trace_id`` unset), None where the budget held no call.
+        One Artifact per context (``trace_id`` unset), None where the budget held no call;
+        where the budget held fewer notes than ``config.notes``, the artifact's key and
+        ``config`` name the number written.
     """
     config, tracer = config or SleepConfig(), tracer or NullTracer()
     fm = sleep_formats(task)
@@ -197,11 +200,18 @@ def precompute_notes(task: Any, contexts: Sequence[str], backend: Backend, ledge
         for i, (context, gen) in enumerate(zip(contexts, call.generations)):
             texts = [c.text for c in gen.completions]
             notes = combine_notes([fm.parse_notes(t) for t in texts], config.combine)
-            out[i] = Artifact(key=artifact_key(fm.normalize_context(context), digest, cfg_hash), task=task.name,
+            # The budget may shrink the call to fewer notes than configured: such an
+            # artifact is keyed by the notes actually written, so the full configuration
+            # never finds (and reuses) a smaller one.
+            a_cfg, a_hash = cfg, cfg_hash
+            if len(texts) != config.notes:
+                a_cfg = config.model_copy(update={"notes": len(texts)}).key_fields(task.name)
+                a_hash = config_hash(a_cfg)
+            out[i] = Artifact(key=artifact_key(fm.normalize_context(context), digest, a_hash), task=task.name,
                               context_hash=context_hash(fm.normalize_context(context)), checkpoint_digest=digest,
-                              config_hash=cfg_hash, model=backend.name, notes=notes, notes_text=texts,
+                              config_hash=a_hash, model=backend.name, notes=notes, notes_text=texts,
                               notes_tokens=[c.completion_tokens for c in gen.completions],
-                              config=cfg, usage=gen.usage)
+                              config=a_cfg, usage=gen.usage)
         if config.anticipate and fm.anticipate_prompt is not None:
             _anticipate(task, fm, contexts, out, backend, ledger, tracer, config)
         span.set(**{"ttc.written": sum(a is not None for a in out), "ttc.skipped": call.skipped})
@@ -263,6 +273,27 @@ def spend_delta(before: Spend, after: Spend) -> Usage:
                  completion_tokens=after.completion_tokens - before.completion_tokens, calls=after.calls - before.calls)
 
 
+#: The strategies that choose an answer without the verifier's score (its verdict only
+#: grades their result): the only ones the test phase runs under a ``graded`` verifier.
+SCORE_FREE_STRATEGIES = frozenset({"sample", "majority_vote"})
+
+
+def check_test_strategy(verifier: Any, name: str, role: str = "strategy") -> None:
+    """Refuses a strategy that selects by the verifier's score when the verifier is ``graded``.
+
+    A graded verifier (``graded = True``, e.g. stateful-arith's) checks an answer by
+    solving the problem exactly, so selecting candidates by its score is an oracle, not
+    test-time compute; it may only grade a result.
+
+    Raises:
+        BadInputError: ``verifier.graded`` and ``name`` not in :data:`SCORE_FREE_STRATEGIES`.
+    """
+    if getattr(verifier, "graded", False) and name not in SCORE_FREE_STRATEGIES:
+        raise BadInputError(f"{role} {name!r} selects by the verifier's score, but this task's verifier "
+                            f"({type(verifier).__name__}) solves the query exactly, so it may only grade: "
+                            f"use {' or '.join(sorted(SCORE_FREE_STRATEGIES))}")
+
+
 def answer_query(ctx: SolveContext, artifact: Artifact | None, *, strategy: str = "majority_vote",
                  params: dict[str, Any] | None = None, fallback: str = "majority_vote",
                  fallback_params: dict[str, Any] | None = None, notes_format: str = "with_notes",
@@ -279,7 +310,13 @@ def answer_query(ctx: SolveContext, artifact: Artifact | None, *, strategy: str 
         counterfactuals: ``notes`` sends counterfactual queries through the notes like any
             other (the model re-derives what the change affects); ``fallback`` derives
             them from the context alone.
+
+    Raises:
+        BadInputError: ``strategy`` or ``fallback`` selects by the score of a ``graded``
+            verifier (see :func:`check_test_strategy`).
     """
+    check_test_strategy(ctx.verifier, strategy, "strategy")
+    check_test_strategy(ctx.verifier, fallback, "fallback")
     problem = ctx.problem
     before = ctx.ledger.spent.model_copy()
     out = SleepAnswer(artifact_hit=artifact is not None)

@@ -25,7 +25,8 @@ from ttc.orchestrator._sleep_api import SleepMixin
 from ttc.store import TraceStore
 from ttc.store.artifacts import ArtifactTable
 from ttc.strategies.sleeptime import (
-    FreeTextRecord, SleepConfig, combine_notes, free_text_session, is_counterfactual, precompute_notes,
+    FreeTextRecord, SleepConfig, check_test_strategy, combine_notes, free_text_session, is_counterfactual,
+    precompute_notes,
 )
 from ttc.tasks.registry import CHECKPOINT_DIR, get_task
 
@@ -301,6 +302,8 @@ def test_cli_precompute_and_ask_json(capsys, sqlite_url, fake_models, tmp_path):
     (["--task", "countdown", "--context", CTX], "sleep-time formats"),
     (["--task", "stateful-arith", "--context", "a=7;b=q*3"], "bad context"),
     (["--task", "stateful-arith", "--context", "  "], "empty"),
+    (["--task", "stateful-arith", "--context", "a=700;b=a*3"], "outside 0..99"),
+    (["--task", "stateful-arith", "--context", "a=999;b=a*a;c=b*b;d=c*c;e=d*d;f=e*e;g=f*f;h=g*g"], "outside 0..99"),
     (["--task", "stateful-arith", "--context", "@/no/such/file"], "cannot read"),
     (["--task", "stateful-arith", "--context", CTX, "--notes", "0"], "--notes"),
     (["--task", "stateful-arith", "--context", CTX, "--db", "ttc.db"], "sqlite:///"),
@@ -314,6 +317,49 @@ def test_cli_bad_input_exits_2(capsys, sqlite_url, fake_models, args, message):
     code, out, err = ttc(capsys, "sleep", "ask", "--task", "stateful-arith", "--context", CTX, "--query", "zz",
                          "--model", "fake", "--db", sqlite_url, "--json")
     assert code == 2 and "Traceback" not in err
+
+
+def test_budget_shrunk_notes_are_not_stored_under_the_full_configuration_key(orc):
+    # A sleep budget that holds one of five notes: call_model shrinks n, so the artifact is
+    # keyed by the notes written; the full configuration neither reuses nor asks with it.
+    b = backend()
+    first = orc.precompute("stateful-arith", CTX, model=b, config={"notes": 5}, budget=Budget(tokens=400))
+    written = len(first.artifact.notes_text)
+    assert 1 <= written < 5  # the budget did shrink the sleep phase
+    assert first.artifact.config["notes"] == written
+    assert first.key == orc.precompute("stateful-arith", CTX, model=b, config={"notes": written}).key
+    assert orc.ask("stateful-arith", CTX, "d", model=b, config={"notes": 5}).artifact_hit is False
+    again = orc.precompute("stateful-arith", CTX, model=b, config={"notes": 5})
+    assert not again.reused and len(again.artifact.notes_text) == 5 and again.key != first.key
+
+
+def test_a_graded_verifier_refuses_strategies_that_select_by_its_score(orc):
+    # stateful-arith's verifier solves the query exactly: best_of_n would pick the right
+    # sample in any order (an oracle). Selecting strategies are refused; voting is not.
+    def wrong_then_right(prompt, i, params):
+        return perfect(prompt, i, params) if i == 1 else "d=99."
+
+    def right_then_wrong(prompt, i, params):
+        return perfect(prompt, i, params) if i == 0 else "d=99."
+
+    assert TASK.verifier.graded is True
+    for kw in ({"fallback": "best_of_n"}, {"fallback": "weighted_vote"}, {"strategy": "tree_search"}):
+        with pytest.raises(BadInputError, match="selects by the verifier's score"):
+            orc.ask("stateful-arith", CTX, "d", model=backend(), **kw)
+    with pytest.raises(BadInputError, match="selects by the verifier's score"):
+        check_test_strategy(TASK.verifier, "best_of_n")
+    check_test_strategy(object(), "best_of_n")  # an ordinary verifier may select
+    outs = [orc.ask("stateful-arith", CTX, "d", model=backend(h), fallback="majority_vote",
+                    fallback_params={"n": 2}) for h in (wrong_then_right, right_then_wrong)]
+    assert [o.route for o in outs] == ["fallback", "fallback"]
+    assert [o.correct for o in outs] == [False, True]  # the tie goes to the first sample, not the right one
+
+
+def test_cli_ask_with_a_selecting_fallback_exits_2(capsys, sqlite_url, fake_models):
+    code, out, err = ttc(capsys, "sleep", "ask", "--task", "stateful-arith", "--context", CTX, "--query", "d",
+                         "--fallback", "best_of_n", "--model", "fake", "--db", sqlite_url, "--json")
+    assert code == 2 and "selects by the verifier's score" in json.loads(out)["error"]["message"]
+    assert "Traceback" not in err
 
 
 # ---------------------------------------------------------------------- real model

@@ -27,6 +27,7 @@ from ttc.tasks.stateful_arith.data import example_stream
 from ttc.tasks.stateful_arith.generate import descendants
 from ttc.verifiers.arith import (
     ArithVerifier,
+    check_context,
     evaluate,
     evaluate_query,
     normalize_query,
@@ -166,3 +167,40 @@ def test_shipped_model_writes_notes_and_answers_held_out_queries():
     assert res["without_notes"]["accuracy"]["defined"]["accuracy"] > 0
     assert res["with_reference_notes"]["accuracy"]["all"]["accuracy"] > 0
     assert res["with_notes"]["mean_generated_tokens"]["defined"] < res["without_notes"]["mean_generated_tokens"]["defined"]
+
+
+def test_a_context_whose_values_leave_0_99_is_bad_input_not_a_bigint_blowup():
+    # Every value is in 0..99: a chain of squares ('a=999;b=a*a;...') doubles its digits per
+    # line, so validation evaluates and refuses the first value out of range.
+    names = "abcdefghijklmnopqrstuvwxyz"
+    ctx = "a=999;" + ";".join(f"{names[i]}={names[i - 1]}*{names[i - 1]}" for i in range(1, 26))
+    task = get_task("stateful-arith")
+    with pytest.raises(BadInputError, match="a = 999 is outside 0..99"):
+        task.parse_problem({"context": ctx, "query": "t"})
+    with pytest.raises(BadInputError, match="b = 2100 is outside"):
+        task.parse_problem({"context": "a=70;b=a*30", "query": "b"})
+    with pytest.raises(BadInputError, match="outside 0..99"):
+        task.parse_problem({"context": "a=700;b=a*3", "query": "b"})
+    # A counterfactual whose recomputation leaves the range is refused the same way.
+    with pytest.raises(ValueError, match="c = 120 is outside"):
+        evaluate_query("a=1;b=a*a;c=b*30", "if a=2,c")
+    with pytest.raises(ValueError, match="outside"):
+        evaluate(parse_context("a=1;b=a-2"), strict=True)
+    assert evaluate(parse_context("a=1;b=a-2"))["b"] == -1  # lenient: the generator's own filter
+    assert check_context(CTX) == {"a": 7, "b": 21, "c": 17, "d": 24}
+    assert evaluate_query("a=0;b=a*700", "b") == 0  # constants may be large; values may not
+
+
+def test_the_verifier_is_graded_only():
+    assert ArithVerifier.graded is True and STATEFUL_ARITH.verifier.graded is True
+
+
+def test_solve_refuses_a_strategy_that_would_pick_by_the_exact_answer(capsys, tmp_path):
+    from ttc.orchestrator.cli import main
+
+    problem = '{"context": "a=7;b=a*3;c=b-4", "query": "c"}'
+    with pytest.raises(SystemExit) as exc:
+        main(["solve", "--task", "stateful-arith", "--strategy", "best_of_n", "--problem", problem,
+              "--db", f"sqlite:///{tmp_path / 'r.db'}"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "selects by the verifier's score" in err and "Traceback" not in err

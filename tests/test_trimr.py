@@ -403,3 +403,117 @@ def test_cli_rejects_a_bad_trimr_rule(tmp_path):
     code, out, err = run_cli(["solve", "--task", "countdown", "--trimr", "--trimr-rules", "sideways",
                               "--problem", '{"numbers": [1, 2], "target": 3}', "--db", f"sqlite:///{tmp_path}/c.db"])
     assert code == 2 and "sideways" in err and "Traceback" not in err
+
+
+def test_cli_rejects_an_empty_trimr_rule_list(tmp_path):
+    code, out, err = run_cli(["solve", "--task", "countdown", "--trimr", "--trimr-rules", ",",
+                              "--problem", '{"numbers": [1, 2], "target": 3}', "--db", f"sqlite:///{tmp_path}/c.db"])
+    assert code == 2 and "--trimr-rules" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("cmd", ["solve", "eval"])
+@pytest.mark.parametrize("flag", [["--trimr-verifier", "judge"], ["--trimr-rules", "over"], ["--trimr-agree", "2"],
+                                  ["--trimr-ratio", "0.5"], ["--trimr-thoughts", "3"]])
+def test_cli_rejects_trimr_settings_without_trimr(tmp_path, cmd, flag):
+    where = (["--problem", '{"numbers": [1, 2], "target": 3}'] if cmd == "solve"
+             else ["--problems", str(tmp_path / "p.jsonl")])
+    (tmp_path / "p.jsonl").write_text('{"numbers": [1, 2], "target": 3}\n')
+    code, out, err = run_cli([cmd, "--task", "countdown", *flag, *where, "--db", f"sqlite:///{tmp_path}/c.db"])
+    assert code == 2 and "add --trimr" in err and flag[0] in err and "Traceback" not in err
+
+
+# -- review findings -------------------------------------------------------------------
+
+
+def test_checker_worker_records_an_error_instead_of_dying_silently():
+    # A ThoughtVerifier (public protocol) whose equivalent() returns fewer verdicts than
+    # pairs: next(eq) raises StopIteration outside the try, the worker thread dies, later
+    # checks are silently dropped and checker.error / summary()["verifier_error"] stay None.
+    class ShortEquivalent:
+        def answers(self, problem, thoughts, ctx):
+            return ["1" for _ in thoughts]
+
+        def equivalent(self, problem, pairs, ctx):
+            return []
+
+    cfg = TrimR(markers=(), per_line=True, conclude="A:", mild_prompt="A:", firm_prompt="A:")
+    checker = Checker(ShortEquivalent(), CheckContext(Ledger()), asynchronous=True)
+    mon = Monitor(cfg, checker, 1000, {"id": "p"})
+    for line in ("x=1\n", "y=1\n", "z=1\n", "w=1\n"):
+        mon.feed(line)
+    checker.close()
+    assert checker.error is not None
+
+
+def test_a_verifier_that_raises_in_a_session_is_reported_and_nothing_is_trimmed():
+    class Broken:
+        def answers(self, problem, thoughts, ctx):
+            raise RuntimeError("verifier down")
+
+        def equivalent(self, problem, pairs, ctx):
+            return []
+
+    text = "t1 A:1+2=3\nt2 A:1+2=3\nt3 A:1+2=3\nt4 A:1+2=3\n#\nA:1+2=3"
+    policy = ScriptedBackend(lambda p, i, params: text, name="policy-fake")
+    cfg = TrimR(verifier=Broken(), markers=(), per_line=True, conclude="#", mild_prompt="#\n", firm_prompt="#\n",
+                asynchronous=False)
+    session = TrimRSession(cfg, Broken(), {"id": "p"}, Ledger(), RecTracer(), policy)
+    with session.active():
+        from ttc.core.calls import call_model
+
+        out = call_model(policy, ["q"], SamplingParams(max_tokens=200), Ledger(), RecTracer(), name="policy")
+    assert out.generations[0].completions[0].text == text  # decoding went on, untrimmed
+    s = session.summary()
+    assert "verifier down" in s["verifier_error"] and s["decisions"] == {}
+
+
+def test_solve_with_the_judge_thought_verifier_reports_the_judge_tokens(sqlite_url):
+    # The judge's calls are charged to the solve's ledger (the budget holds), but the
+    # Result's usage is the strategy's sum of the policy calls only: `ttc solve --trimr
+    # --trimr-verifier judge --json` reports tokens without the thought verifier's.
+    from ttc.orchestrator.api import Orchestrator
+
+    text = "t1 A:1+2=3\nt2 A:1+2=3\nt3 A:1+2=3\nt4 A:1+2=3\n#\nA:1+2=3"
+    policy = ScriptedBackend(lambda p, i, params: text, name="policy-fake")
+    judge = ScriptedBackend(lambda p, i, params: "Yes", name="judge-fake")
+    cfg = TrimR(verifier="judge", markers=(), per_line=True, conclude="#", mild_prompt="#\n", firm_prompt="#\n",
+                asynchronous=False)
+    with Orchestrator(db=sqlite_url) as o:
+        r = o.solve("countdown", {"numbers": [1, 2], "target": 3}, strategy="sample", model=policy,
+                    models={"judge": judge}, trimr=cfg, max_tokens=200)
+    assert judge.calls, "the judge was consulted"
+    judge_calls = sum(len(prompts) for prompts, _ in judge.calls)
+    assert r.usage.calls >= 1 + judge_calls, (r.usage, judge_calls)
+    assert r.tokens == r.usage.total_tokens
+
+
+def test_an_eval_with_trimr_does_not_lend_it_to_a_concurrent_solve(sqlite_url):
+    from ttc.orchestrator.api import Orchestrator
+
+    text = "t1 A:1+2=3\nt2 A:1+2=3\n#\nA:1+2=3"
+    in_eval, solved = threading.Event(), threading.Event()
+
+    def held(p, i, params):  # the eval's policy call waits until the solve is done
+        in_eval.set()
+        solved.wait(30)
+        return text
+
+    cfg = TrimR(markers=(), per_line=True, conclude="#", mild_prompt="#\n", firm_prompt="#\n")
+    problem = {"numbers": [1, 2], "target": 3}
+    with Orchestrator(db=sqlite_url) as o:
+        box: dict = {}
+        t = threading.Thread(target=lambda: box.setdefault("report", o.evaluate(
+            "countdown", [problem], model=ScriptedBackend(held, name="eval-fake"), trimr=cfg, max_tokens=200)))
+        t.start()
+        assert in_eval.wait(30), "the eval started its policy call"
+        try:
+            r = o.solve("countdown", problem, model=ScriptedBackend(lambda p, i, params: text, name="solve-fake"),
+                        max_tokens=200)
+        finally:
+            solved.set()
+            t.join(60)
+        assert "trimr" not in o.get_run(r.trace_id).run.attributes
+        report = box["report"]
+        assert report.n_problems == 1
+        assert any(s.kind == "trimr" for s in o.get_run(report.trace_id).spans), "the eval itself ran TrimR"
+        assert not any(s.kind == "trimr" for s in o.get_run(r.trace_id).spans)

@@ -18,8 +18,12 @@ import re
 from ttc.core.types import Verdict
 
 __all__ = [
+    "VALUE_MAX",
+    "VALUE_MIN",
     "ArithVerifier",
     "Definition",
+    "check_context",
+    "evaluate",
     "evaluate_query",
     "normalize_context",
     "normalize_query",
@@ -28,6 +32,8 @@ __all__ = [
 ]
 
 _MAX_TEXT = 4000
+#: Every value of a context (and of a counterfactual's recomputation) lies in this range.
+VALUE_MIN, VALUE_MAX = 0, 99
 _DEF = re.compile(r"^([a-z])=([a-z]|[0-9]{1,3})(?:([-+*])([a-z]|[0-9]{1,3}))?$")
 _COMBO = re.compile(r"^([a-z])([-+*])([a-z])$")
 _CF = re.compile(r"^if ([a-z])=([0-9]{1,3}),([a-z])$")
@@ -92,25 +98,51 @@ def _apply(x: int, op: str | None, y: int | None) -> int:
     return x + y if op == "+" else x - y if op == "-" else x * y
 
 
-def evaluate(defs: list[Definition], override: dict[str, int] | None = None) -> dict[str, int]:
-    """All quantities' values, with ``override`` replacing those quantities' definitions."""
+def evaluate(defs: list[Definition], override: dict[str, int] | None = None, *,
+             strict: bool = False) -> dict[str, int]:
+    """All quantities' values, with ``override`` replacing those quantities' definitions.
+
+    Args:
+        defs: The context's definitions (:func:`parse_context`).
+        override: Quantities whose definitions a counterfactual replaces by a value.
+        strict: Raise as soon as a value leaves 0..99, the task's range. Without it a
+            chain like ``a=999;b=a*a;c=b*b;...`` doubles its digits per line (bigints of
+            millions of bits); the lenient form is for the generator, which evaluates its
+            own bounded contexts and rejects out-of-range counterfactuals afterwards.
+
+    Raises:
+        ValueError: ``strict`` and a value outside 0..99 (naming the quantity).
+    """
     override = override or {}
     vals: dict[str, int] = {}
     for name, left, op, right in defs:
         if name in override:
             vals[name] = override[name]
-            continue
-        x = vals[left] if isinstance(left, str) else left
-        y = None if right is None else vals[right] if isinstance(right, str) else right
-        vals[name] = _apply(x, op, y)
+        else:
+            x = vals[left] if isinstance(left, str) else left
+            y = None if right is None else vals[right] if isinstance(right, str) else right
+            vals[name] = _apply(x, op, y)
+        if strict and not VALUE_MIN <= vals[name] <= VALUE_MAX:
+            raise ValueError(f"{name} = {vals[name]} is outside {VALUE_MIN}..{VALUE_MAX}; "
+                             "every value of a stateful-arith context must stay in that range")
     return vals
+
+
+def check_context(text: str) -> dict[str, int]:
+    """Parses and evaluates a context, rejecting it as soon as a value leaves 0..99.
+
+    Raises:
+        ValueError: Unreadable, or a value outside 0..99.
+    """
+    return evaluate(parse_context(text), strict=True)
 
 
 def evaluate_query(context: str, query: str) -> int:
     """The exact answer of ``query`` against ``context``.
 
     Raises:
-        ValueError: An unreadable context or query, or a query naming an undefined quantity.
+        ValueError: An unreadable context or query, a query naming an undefined quantity,
+            or a value (of the context, or recomputed under a counterfactual) outside 0..99.
     """
     defs = parse_context(context)
     names = {d[0] for d in defs}
@@ -120,8 +152,9 @@ def evaluate_query(context: str, query: str) -> int:
         for v in (var, target):
             if v not in names:
                 raise ValueError(f"{v} is not defined in the context")
-        return evaluate(defs, {var: value})[target]
-    vals = evaluate(defs)
+        evaluate(defs, strict=True)  # the context itself must be in range, too
+        return evaluate(defs, {var: value}, strict=True)[target]
+    vals = evaluate(defs, strict=True)
     if m := _COMBO.match(q):
         x, op, y = m.groups()
         for v in (x, y):
@@ -151,7 +184,19 @@ def _follows_digit(text: str, tok: str) -> bool:
 
 
 class ArithVerifier:
-    """Judges a completion by its last integer against the query evaluated on the context."""
+    """Judges a completion by its last integer against the query evaluated on the context.
+
+    Attributes:
+        graded: True: this verifier *grades* results but must never *select* among
+            candidates. It evaluates the query against the context, which is exactly
+            the reference answer (checking an answer here is solving the problem), so a
+            strategy that picks candidates by its score (best_of_n, weighted_vote,
+            tree_search, ...) would be an oracle, not test-time compute. Strategies that
+            choose without the verifier (sample, majority_vote) may run with it, and
+            their ``correct`` is then a grade.
+    """
+
+    graded = True
 
     def verify(self, problem: dict, text: str, ctx=None) -> Verdict:
         """``correct`` when the completion's final integer equals the query's value."""

@@ -15,10 +15,10 @@ from ttc.backends.errors import BadInputError
 from ttc.tasks.registry import register_task
 from ttc.verifiers.arith import (
     ArithVerifier,
+    check_context,
     evaluate_query,
     normalize_context,
     normalize_query,
-    parse_context,
 )
 
 from .formats import (
@@ -38,6 +38,7 @@ __all__ = [
     "SPLITS",
     "STATEFUL_ARITH",
     "StatefulArithTask",
+    "check_context",
     "derivation",
     "format_notes",
     "make_problems",
@@ -115,7 +116,9 @@ class StatefulArithTask:
         if not isinstance(query, str) or not query.strip():
             raise BadInputError('"query" must be a string like "c", "c+a" or "if a=9,c"')
         try:
-            parse_context(ctx)
+            # Evaluated, not only parsed: a value outside 0..99 is refused as soon as it
+            # appears, before a chain of squares grows into a bigint of millions of bits.
+            check_context(ctx)
             answer = evaluate_query(ctx, query)
         except ValueError as exc:
             raise BadInputError(str(exc)) from None
