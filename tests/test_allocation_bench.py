@@ -132,7 +132,7 @@ def test_solve_with_a_graph_checks_its_arguments_and_leaves_strategy_params_alon
     # A task's strategy still gets its own "policy" parameter (auto's calibrated policy).
     seen = {}
     monkeypatch.setattr(type(orc), "_run_strategy",
-                        lambda self, tracer, task, spec, pool, prob, budget, params: seen.update(params) or 1 / 0)
+                        lambda self, tracer, task, spec, pool, prob, budget, params, **kw: seen.update(params) or 1 / 0)
     with pytest.raises(ZeroDivisionError):
         orc.solve("countdown", problem["countdown"], strategy="auto", policy={"bins": []})
     assert seen == {"policy": {"bins": []}}
