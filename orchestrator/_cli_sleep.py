@@ -127,8 +127,7 @@ def ask(
     json_out: JsonOption = False,
 ) -> None:
     """Answer a query about a context (test budget), with its stored notes when they exist."""
-    from ttc.strategies.registry import get_strategy
-    from ttc.strategies.sleeptime import check_test_strategy
+    from ttc.strategies.registry import check_test_strategy, get_strategy
     from ttc.tasks.registry import get_task
 
     from ._cli_solve import strategy_params

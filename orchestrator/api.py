@@ -31,8 +31,7 @@ from ttc.core.contracts import ModelPool, SolveContext
 from ttc.core.types import Result
 from ttc.store import StoreError, TraceStore
 from ttc.store.engine import resolve_db_url
-from ttc.strategies.registry import StrategySpec, get_strategy
-from ttc.strategies.sleeptime import check_test_strategy
+from ttc.strategies.registry import StrategySpec, check_test_strategy, get_strategy
 from ttc.tasks.registry import find_builtin, get_task
 
 if TYPE_CHECKING:

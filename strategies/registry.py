@@ -29,7 +29,8 @@ from ttc.core.contracts import ModelPool, SolveContext
 from ttc.core.registry import Registry
 from ttc.core.types import Result
 
-__all__ = ["STRATEGIES", "Strategy", "StrategySpec", "RoleNeed", "get_strategy", "strategy"]
+__all__ = ["SCORE_FREE_STRATEGIES", "STRATEGIES", "Strategy", "StrategySpec", "RoleNeed", "check_test_strategy",
+           "get_strategy", "strategy"]
 
 RoleNeed = Literal["required", "policy", "optional"]
 Strategy = Callable[..., Result]
@@ -127,3 +128,25 @@ def strategy(name: str, *, roles: Mapping[str, RoleNeed] | None = None,
 def get_strategy(name: str) -> StrategySpec:
     """The strategy registered as ``name`` (BadInputError listing the valid ones otherwise)."""
     return STRATEGIES.get(name)
+
+
+#: The strategies that choose an answer without the verifier's score (its verdict only
+#: grades their result): the only ones a solve, an eval or sleep time's test phase runs
+#: under a ``graded`` verifier.
+SCORE_FREE_STRATEGIES = frozenset({"sample", "majority_vote"})
+
+
+def check_test_strategy(verifier: Any, name: str, role: str = "strategy") -> None:
+    """Refuses a strategy that selects by the verifier's score when the verifier is ``graded``.
+
+    A graded verifier (``graded = True``, e.g. stateful-arith's) checks an answer by
+    solving the problem exactly, so selecting candidates by its score is an oracle, not
+    test-time compute; it may only grade a result.
+
+    Raises:
+        BadInputError: ``verifier.graded`` and ``name`` not in :data:`SCORE_FREE_STRATEGIES`.
+    """
+    if getattr(verifier, "graded", False) and name not in SCORE_FREE_STRATEGIES:
+        raise BadInputError(f"{role} {name!r} selects by the verifier's score, but this task's verifier "
+                            f"({type(verifier).__name__}) solves the query exactly, so it may only grade: "
+                            f"use {' or '.join(sorted(SCORE_FREE_STRATEGIES))}")

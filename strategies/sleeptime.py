@@ -43,7 +43,7 @@ from ttc.core.contracts import SolveContext
 from ttc.core.tracing import NullTracer, Tracer
 from ttc.core.types import Result
 
-from .registry import get_strategy
+from .registry import SCORE_FREE_STRATEGIES, check_test_strategy, get_strategy
 
 __all__ = ["SCORE_FREE_STRATEGIES", "FreeTextRecord", "SleepAnswer", "SleepConfig", "SleepFormats", "answer_query",
            "check_test_strategy", "combine_notes",
@@ -271,27 +271,6 @@ def spend_delta(before: Spend, after: Spend) -> Usage:
     """Tokens and calls a ledger charged between two snapshots."""
     return Usage(prompt_tokens=after.prompt_tokens - before.prompt_tokens,
                  completion_tokens=after.completion_tokens - before.completion_tokens, calls=after.calls - before.calls)
-
-
-#: The strategies that choose an answer without the verifier's score (its verdict only
-#: grades their result): the only ones the test phase runs under a ``graded`` verifier.
-SCORE_FREE_STRATEGIES = frozenset({"sample", "majority_vote"})
-
-
-def check_test_strategy(verifier: Any, name: str, role: str = "strategy") -> None:
-    """Refuses a strategy that selects by the verifier's score when the verifier is ``graded``.
-
-    A graded verifier (``graded = True``, e.g. stateful-arith's) checks an answer by
-    solving the problem exactly, so selecting candidates by its score is an oracle, not
-    test-time compute; it may only grade a result.
-
-    Raises:
-        BadInputError: ``verifier.graded`` and ``name`` not in :data:`SCORE_FREE_STRATEGIES`.
-    """
-    if getattr(verifier, "graded", False) and name not in SCORE_FREE_STRATEGIES:
-        raise BadInputError(f"{role} {name!r} selects by the verifier's score, but this task's verifier "
-                            f"({type(verifier).__name__}) solves the query exactly, so it may only grade: "
-                            f"use {' or '.join(sorted(SCORE_FREE_STRATEGIES))}")
 
 
 def answer_query(ctx: SolveContext, artifact: Artifact | None, *, strategy: str = "majority_vote",
