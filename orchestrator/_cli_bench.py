@@ -24,7 +24,7 @@ from ._cli_common import (
     stdout,
 )
 
-__all__ = ["QUICK_RESULTS_DIR", "RESULTS_DIR", "bench_app", "bench_out_dir"]
+__all__ = ["QUICK_RESULTS_DIR", "RESULTS_DIR", "bench_app", "bench_out_dir", "bench_problems"]
 
 RESULTS_DIR = Path("bench/results")
 QUICK_RESULTS_DIR = RESULTS_DIR / "quick"
@@ -54,6 +54,18 @@ def bench_out_dir(out: Path | None, *, quick: bool, name: str, force: bool = Fal
     if target.exists() and not force:
         raise BadInputError(f"{target} already exists; pass --force to overwrite it or choose another --out")
     return out
+
+
+def bench_problems(path: Path | None, task: str) -> list[dict] | None:
+    """The problems of a bench's ``--problems-file`` for ``task`` (None without one), read and
+    checked before any work."""
+    if path is None:
+        return None
+    from ttc.tasks.registry import get_task
+
+    from ._cli_models import read_problems_file
+
+    return read_problems_file(path, get_task(task))
 
 
 def _task_name(task: str) -> str:
@@ -308,13 +320,7 @@ def bench_plansearch(
     if problems_file is not None and n_problems is not None:
         raise BadInputError("give --problems-file or --problems, not both")
     out_dir = bench_out_dir(out_dir, quick=quick, name="plansearch", force=force)
-    problems = None
-    if problems_file is not None:
-        from ttc.tasks.registry import get_task
-
-        from ._cli_models import read_problems_file
-
-        problems = read_problems_file(problems_file, get_task("countdown"))
+    problems = bench_problems(problems_file, "countdown")
     from .bench.plansearch import KS, run_plansearch_bench
 
     with _running("plansearch"):

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from ._cli_bench import ForceOpt, OutOpt, _running, bench_app, bench_out_dir
+from ._cli_bench import ForceOpt, OutOpt, _running, bench_app, bench_out_dir, bench_problems
 from ._cli_common import JsonOption, emit_json, esc, make_table, stderr, stdout
 
 __all__ = ["bench_sleeptime"]
@@ -30,14 +30,7 @@ def bench_sleeptime(
 ) -> None:
     """Sleep time (notes written before the queries) vs deriving each query, at equal accuracy; cost per query."""
     out_dir = bench_out_dir(out_dir, quick=quick, name="sleeptime", force=force)
-    problems = None
-    if problems_file is not None:
-        import ttc.tasks.stateful_arith  # noqa: F401 - registers the task
-        from ttc.tasks.registry import get_task
-
-        from ._cli_models import read_problems_file
-
-        problems = read_problems_file(problems_file, get_task("stateful-arith"))
+    problems = bench_problems(problems_file, "stateful-arith")
     from .bench.sleeptime import HEADLINE_K, run_sleeptime_bench
 
     with _running("sleeptime"):

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from ._cli_bench import ForceOpt, OutOpt, _running, bench_app, bench_out_dir
+from ._cli_bench import ForceOpt, OutOpt, _running, bench_app, bench_out_dir, bench_problems
 from ._cli_common import JsonOption, emit_json, esc, make_table, stderr, stdout
 
 __all__ = ["bench_trimr"]
@@ -29,13 +29,7 @@ def bench_trimr(
     """TrimR (exact thought verifier) vs no TrimR on the same seeds: tokens, FLOPs, wall time, accuracy;
     the per-rule ablation, the first_answer and truncate baselines, and the search-trace model."""
     out_dir = bench_out_dir(out_dir, quick=quick, name="trimr", force=force)
-    problems = None
-    if problems_file is not None:
-        from ttc.tasks.registry import get_task
-
-        from ._cli_models import read_problems_file
-
-        problems = read_problems_file(problems_file, get_task("countdown"))
+    problems = bench_problems(problems_file, "countdown")
     from .bench.trimr import run_trimr_bench
 
     with _running("trimr"):
